@@ -29,7 +29,7 @@ _ALIASES = {
 class LabelSet:
     name: str
     names: tuple[str, ...]
-    doc: str = ""
+    doc: str = field(default="", compare=False)
     canonical: tuple[str | None, ...] = field(default=())
 
     def __post_init__(self):
