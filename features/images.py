@@ -22,7 +22,11 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     if not data:
         raise BadImage("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            # Image.open warns before we get to check the size ourselves; we refuse it below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             if im.width * im.height > max_pixels:
                 raise BadImage(f"too large: {im.width}x{im.height} exceeds {max_pixels} pixels")
             fmt = (im.format or "unknown").lower()
