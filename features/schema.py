@@ -70,6 +70,8 @@ GROUPS: dict[str, tuple[Column, ...]] = {
         Column("face_score", pa.float32(), True, "Detector confidence (1.0 for Haar, which has none)."),
         Column("face_count", pa.int16(), True, "Faces the detector found in the source image."),
         Column("face_model", pa.string(), True, "Detector and settings that produced the crop."),
+        Column("face_source_pixel_hash", pa.string(), True,
+               "pixel_hash of the image before the crop (pixel_hash itself is the crop's)."),
     ),
     "enhance": (
         Column("enhance_sr", pa.string(), True, "Super-resolution applied: none / bicubic / swinir:<ckpt>."),

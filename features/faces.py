@@ -1,0 +1,235 @@
+"""Face detection, crop and eye alignment, shared by `pipeline faces` and `train predict`.
+
+Two backends:
+
+* ``haar`` (default, offline): OpenCV's frontal-face Haar cascade, shipped inside the
+  opencv-python(-headless) 4.x wheel (`cv2.data.haarcascades`; OpenCV 5.0 moved the cascades out
+  of the main wheel, which is why affectlab pins opencv 4.14). The eye cascade, run inside the
+  upper half of each face, gives two eye centres for alignment when it finds them.
+* ``retinaface``: facexlib's RetinaFace (ResNet-50 or MobileNet-0.25) with 5 landmarks. facexlib
+  downloads its weights on first use, so affectlab never lets it: the weights must already be in
+  ``weights_dir`` (``detection_Resnet50_Final.pth`` or ``detection_mobilenet0.25_Final.pth``), and
+  they are read with ``torch.load(weights_only=True)``. Install facexlib with
+  ``pip install --no-deps facexlib==0.3.0`` (``make setup-faces``): its metadata asks for
+  opencv-python, which would clash with opencv-python-headless.
+
+Images are uint8 arrays: HxW grey or HxWx3 RGB (the order features.images.decode gives).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from features.hub import WeightsNotFound
+
+BACKENDS = ("haar", "retinaface")
+RETINAFACE_FILES = {
+    "resnet50": "detection_Resnet50_Final.pth",
+    "mobile0.25": "detection_mobilenet0.25_Final.pth",
+}
+
+
+class FaceError(ValueError):
+    """A face backend that cannot run as asked; the message says what to install or where to put what."""
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[int, int, int, int]  # x, y, w, h in the source image
+    score: float  # detector confidence; 1.0 for Haar, which gives none
+    landmarks: np.ndarray | None = None  # (k, 2) float32 x, y; the first two are the eyes
+
+    @property
+    def area(self) -> int:
+        return self.box[2] * self.box[3]
+
+
+# --------------------------------------------------------------------------- Haar
+
+
+@lru_cache(maxsize=4)
+def _cascade(name: str):
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / name
+    clf = cv2.CascadeClassifier(str(path)) if path.exists() else None
+    if clf is None or clf.empty():
+        raise FaceError(
+            f"OpenCV's Haar cascade {name} is not in {cv2.data.haarcascades} (OpenCV {cv2.__version__}). "
+            "affectlab pins opencv-python-headless 4.14, whose wheel ships the cascades; re-run `make setup`.")
+    return clf
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+def _haar_eyes(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Two eye centres from the eye cascade inside the face's upper half, or None."""
+    x, y, w, h = box
+    roi = grey[y:y + h // 2 + h // 8, x:x + w]
+    if roi.size == 0:
+        return None
+    eyes = _cascade("haarcascade_eye.xml").detectMultiScale(roi, 1.1, 5, minSize=(max(4, w // 10),) * 2)
+    left = [e for e in eyes if e[0] + e[2] / 2 < w / 2]
+    right = [e for e in eyes if e[0] + e[2] / 2 >= w / 2]
+    if not left or not right:
+        return None
+    pick = [max(left, key=lambda e: e[2] * e[3]), max(right, key=lambda e: e[2] * e[3])]
+    return np.array([[x + ex + ew / 2, y + ey + eh / 2] for ex, ey, ew, eh in pick], np.float32)
+
+
+def _detect_haar(img: np.ndarray, min_size: int, eyes: bool) -> list[Face]:
+    grey = _grey(img)
+    boxes = _cascade("haarcascade_frontalface_default.xml").detectMultiScale(
+        grey, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
+    faces = []
+    for b in boxes:
+        box = tuple(int(v) for v in b)
+        faces.append(Face(box, 1.0, _haar_eyes(grey, box) if eyes else None))
+    return faces
+
+
+# --------------------------------------------------------------------------- RetinaFace
+
+
+def retinaface_weights(weights_dir: str | Path | None, network: str = "resnet50") -> Path:
+    """The local RetinaFace checkpoint, or a clear error naming the file and where it goes."""
+    if network not in RETINAFACE_FILES:
+        raise FaceError(f"RetinaFace network {network!r}: expected one of {sorted(RETINAFACE_FILES)}")
+    fname = RETINAFACE_FILES[network]
+    where = "--weights-dir DIR" if weights_dir is None else str(weights_dir)
+    if weights_dir is not None:
+        p = Path(weights_dir).expanduser()
+        if p.is_file():
+            return p
+        if (p / fname).is_file():
+            return p / fname
+    raise WeightsNotFound(
+        f"retinaface: needs {fname} in {where}. affectlab never downloads it: get it from the facexlib "
+        f"project's v0.1.0 release assets on a machine with network, put it in a folder and pass "
+        f"--weights-dir FOLDER (or use --backend haar, which needs no download).")
+
+
+def _network_of(path: Path) -> str:
+    return "mobile0.25" if "mobilenet" in path.name.lower() else "resnet50"
+
+
+@lru_cache(maxsize=2)
+def load_retinaface(weights_path: str, device: str = "cpu"):
+    """facexlib's RetinaFace with the local weights (never its downloader)."""
+    try:
+        from facexlib.detection.retinaface import RetinaFace
+    except ImportError as e:
+        raise FaceError(
+            f"--backend retinaface needs facexlib ({e}); install it with `pip install --no-deps "
+            "facexlib==0.3.0` (`make setup-faces`): --no-deps because its metadata asks for opencv-python, "
+            "which clashes with opencv-python-headless.") from None
+    import torch
+
+    path = Path(weights_path)
+    model = RetinaFace(network_name=_network_of(path), half=False, device=torch.device(device))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    # the official file was saved from a DataParallel model: keys may start with 'module.'
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise FaceError(f"{path} is not a facexlib RetinaFace {_network_of(path)} checkpoint: "
+                        f"{str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _detect_retinaface(img: np.ndarray, weights_dir, min_size: int, threshold: float, device: str) -> list[Face]:
+    import torch
+
+    model = load_retinaface(str(retinaface_weights(weights_dir)), device)
+    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    bgr = np.ascontiguousarray(rgb[..., ::-1])  # facexlib takes OpenCV's BGR order
+    with torch.inference_mode():
+        dets = model.detect_faces(bgr, conf_threshold=threshold)
+    faces = []
+    h_img, w_img = img.shape[:2]
+    for d in np.asarray(dets).reshape(-1, 15):
+        x1, y1 = max(0.0, float(d[0])), max(0.0, float(d[1]))
+        x2, y2 = min(float(w_img), float(d[2])), min(float(h_img), float(d[3]))
+        w, h = int(round(x2 - x1)), int(round(y2 - y1))
+        if w < min_size or h < min_size:
+            continue
+        lm = np.asarray(d[5:15], np.float32).reshape(5, 2)  # eyes, nose, mouth corners
+        faces.append(Face((int(round(x1)), int(round(y1)), w, h), float(d[4]), lm))
+    return faces
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def detect_faces(
+    img: np.ndarray,
+    backend: str = "haar",
+    weights_dir: str | Path | None = None,
+    min_size: int = 20,
+    threshold: float = 0.8,
+    eyes: bool = True,
+    device: str = "cpu",
+) -> list[Face]:
+    """Faces in `img`, largest first. `threshold` is RetinaFace's score cut; Haar ignores it."""
+    if img.ndim not in (2, 3) or img.dtype != np.uint8:
+        raise FaceError(f"detect_faces wants a uint8 HxW or HxWx3 image, got {img.dtype} {img.shape}")
+    if backend == "haar":
+        faces = _detect_haar(img, min_size, eyes)
+    elif backend == "retinaface":
+        faces = _detect_retinaface(img, weights_dir, min_size, threshold, device)
+    else:
+        raise FaceError(f"face backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    # largest first; ties by position so the order never depends on the detector's internals
+    return sorted(faces, key=lambda f: (-f.area, f.box[1], f.box[0]))
+
+
+def eye_angle(face: Face) -> float:
+    """Degrees the eye line is tilted from horizontal (0 when no eye landmarks)."""
+    if face.landmarks is None or len(face.landmarks) < 2:
+        return 0.0
+    a, b = sorted(face.landmarks[:2].tolist())  # image-left eye first
+    return math.degrees(math.atan2(b[1] - a[1], b[0] - a[0]))
+
+
+def crop_matrix(face: Face, pad: float = 0.25, size: int | None = None, align: bool = True) -> tuple[np.ndarray, int]:
+    """The 2x3 affine map from source pixels to a square, padded (and eye-levelled) crop, and its side."""
+    import cv2
+
+    x, y, w, h = face.box
+    cx, cy = x + w / 2, y + h / 2
+    side = max(w, h) * (1 + 2 * pad)
+    out = int(size) if size else max(1, int(round(side)))
+    angle = eye_angle(face) if align else 0.0
+    # rotate about the face centre so the eyes are level, scale the padded box to `out`,
+    # then move the face centre to the crop centre: one warp, no second resampling
+    m = cv2.getRotationMatrix2D((cx, cy), angle, out / side)
+    m[0, 2] += out / 2 - cx
+    m[1, 2] += out / 2 - cy
+    return m, out
+
+
+def crop_face(img: np.ndarray, face: Face, pad: float = 0.25, size: int | None = None,
+              align: bool = True) -> np.ndarray:
+    """Square crop around `face` with `pad` of its size on every side; eyes levelled when known.
+
+    Parts of the padded square outside the image repeat the border pixels (a black frame would
+    be a feature a classifier could learn). Grey stays grey, RGB stays RGB.
+    """
+    import cv2
+
+    if pad < 0:
+        raise FaceError(f"pad must be >= 0, got {pad}")
+    m, out = crop_matrix(face, pad, size, align)
+    return cv2.warpAffine(img, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,43 @@
+"""`pipeline faces`: detect, crop and align the largest face of every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Output manifest; with --shard, out.shard-i-of-N.parquet.")],
+    backend: Annotated[str, typer.Option(help="haar (OpenCV, offline default) or retinaface (facexlib).")] = "haar",
+    weights_dir: Annotated[Path | None, typer.Option(
+        "--weights-dir", help="Folder with detection_Resnet50_Final.pth (retinaface only).")] = None,
+    pad: Annotated[float, typer.Option(help="Padding on each side, as a fraction of the face box.")] = 0.25,
+    size: Annotated[int, typer.Option(help="Side of the square crop in pixels; 0 keeps the padded box's size.")] = 224,
+    min_size: Annotated[int, typer.Option("--min-size", help="Smallest face side in pixels.")] = 20,
+    threshold: Annotated[float, typer.Option(help="RetinaFace score threshold.")] = 0.8,
+    align: Annotated[bool, typer.Option("--align/--no-align", help="Level the eyes when landmarks are found.")] = True,
+    no_face: Annotated[str, typer.Option("--no-face", help="drop: rows without a face go to the rejects "
+                                         "report only; keep: also keep them uncropped (face_count 0).")] = "drop",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (retinaface).")] = "auto",
+    shard: Annotated[str | None, typer.Option(help="i/N: run the i-th of N deterministic slices (0-based).")] = None,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where finished batches are kept "
+                                                  "(default OUT.work/); a re-run reuses them.")] = None,
+    clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")] = False,
+) -> None:
+    """Crop the largest face (square, padded, eyes levelled); rows with no face are reported."""
+    from features.hub import WeightsNotFound
+    from pipeline.faces import FaceStage
+    from pipeline.runner import StageError, cli_run, make_config
+
+    cfg = make_config(batch_size, shard, work_dir, device, clean)
+    try:
+        stage = FaceStage(backend=backend, weights_dir=weights_dir, pad=pad, size=size or None, min_size=min_size,
+                          threshold=threshold, align=align, no_face=no_face)
+    except (StageError, WeightsNotFound) as e:
+        typer.echo(f"pipeline faces: {e}", err=True)
+        raise typer.Exit(2) from None
+    cli_run(stage, in_path, out, cfg)
