@@ -15,6 +15,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+from train.commands import eval as _eval, export as _export, predict as _predict  # noqa: E402
+app.command("eval")(_eval.command)
+app.command("predict")(_predict.command)
+app.command("export")(_export.command)
+from train.commands import models as _models, run as _run  # noqa: E402
+app.command("run")(_run.command)
+app.command("models")(_models.command)
+
 
 def main(argv: list[str] | None = None) -> None:
     app(args=argv)

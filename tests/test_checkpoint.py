@@ -1,0 +1,152 @@
+"""Checkpoints: safetensors + sidecar round trip, exact resume, NaN stop keeps the last good one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import TINY_VGG, write_pair  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return write_pair(tmp_path_factory.mktemp("ckdata"), n_train=42, n_val=14)
+
+
+def _cfg(pair, out, **kw):
+    from train.config import make_config
+
+    base = dict(manifest=str(pair[0]), val=str(pair[1]), model="vgg", model_options=dict(TINY_VGG),
+                epochs=4, batch_size=8, lr=3e-3, out=str(out), device="cpu", workers=1, augment="light")
+    return make_config(**(base | kw))
+
+
+def test_save_load_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    from train.models.registry import build_model
+
+    model = build_model("vgg", **TINY_VGG).eval()
+    side = {"labels": {"class_names": list("abcdefg")}, "preprocess": {"size": [48, 48], "channels": 1,
+                                                                       "mean": [0.5], "std": [0.5]}}
+    weights = save_checkpoint(tmp_path, model, side, name="best")
+    assert weights.name == "best.safetensors" and (tmp_path / "best.json").exists()
+    assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temporary files"
+    x = torch.randn(3, 1, 48, 48)
+    for where in (tmp_path, weights, tmp_path / "best.json"):
+        loaded, sidecar = load_checkpoint(where)
+        assert sidecar["model"]["name"] == "vgg"
+        assert sidecar["labels"]["class_names"] == list("abcdefg")
+        assert torch.equal(loaded(x), model(x))
+    # plain tensors on disk: readable without any code
+    assert set(load_file(str(weights))) == set(model.state_dict())
+
+
+def test_missing_sidecar_and_weights_are_clear(tmp_path):
+    from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from train.models.registry import build_model
+
+    with pytest.raises(CheckpointError, match="no checkpoint weights"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, build_model("vgg", **TINY_VGG), {})
+    (tmp_path / "best.json").unlink()
+    with pytest.raises(CheckpointError, match="no sidecar"):
+        load_checkpoint(tmp_path / "best.safetensors")
+
+
+def test_resume_is_bit_identical(tmp_path, pair):
+    """4 epochs straight == 2 epochs, interrupted (Ctrl-C), then --resume for the rest."""
+    from safetensors.torch import load_file
+
+    from train.loop import fit
+
+    full = fit(_cfg(pair, tmp_path / "full"))
+
+    def interrupt(ev):
+        if ev["kind"] == "epoch_end" and ev["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(pair, tmp_path / "cut"), progress=interrupt)
+    assert json.loads((tmp_path / "cut" / "last.json").read_text())["epoch"] == 2
+    resumed = fit(_cfg(pair, tmp_path / "cut", resume=True))
+    assert resumed["epochs_run"] == 4
+    a = load_file(str(tmp_path / "full" / "last.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["val_acc"] for r in full["history"]] == [r["val_acc"] for r in resumed["history"]]
+    assert [r["train_loss"] for r in full["history"]] == [r["train_loss"] for r in resumed["history"]]
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path, pair):
+    from train.checkpoint import CheckpointError
+    from train.loop import TrainError, fit
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        fit(_cfg(pair, tmp_path / "none", resume=True, epochs=1))
+    fit(_cfg(pair, tmp_path / "r", epochs=1, max_steps=1))
+    with pytest.raises(TrainError, match="already holds a run"):
+        fit(_cfg(pair, tmp_path / "r", epochs=1))
+
+
+def test_resume_with_other_classes_is_refused(tmp_path, pair):
+    from train.loop import TrainError, fit
+
+    fit(_cfg(pair, tmp_path / "r", epochs=2, max_steps=1))
+    with pytest.raises(TrainError, match="classes"):
+        fit(_cfg(pair, tmp_path / "r", epochs=2, preset="2", resume=True))
+
+
+def test_nan_loss_stops_and_keeps_last_good(tmp_path, pair, monkeypatch):
+    import train.loop as loop
+    from safetensors.torch import load_file
+
+    real = loop.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(loss_fn, outputs, target, model):
+        calls["n"] += 1
+        loss = real(loss_fn, outputs, target, model)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(loop.NonFiniteLoss, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        loop.fit(_cfg(pair, out, epochs=3, max_steps=2))
+    side = json.loads((out / "last.json").read_text())
+    assert side["epoch"] == 1
+    weights = load_file(str(out / "last.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+def test_checkpoint_sidecar_describes_the_run(tmp_path, pair):
+    from train.checkpoint import load_checkpoint, preprocess_of
+    from train.loop import fit
+
+    fit(_cfg(pair, tmp_path / "s", epochs=1, max_steps=2))
+    model, side = load_checkpoint(tmp_path / "s")
+    assert side["labels"]["class_names"] == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    assert side["labels"]["label_set"] == "synth" and side["labels"]["preset"] == "7"
+    assert len(side["manifests"]["train"]["sha256"]) == 64
+    assert side["train_config"]["model"] == "vgg" and side["selected_on"] == "val_uar"
+    assert {"torch", "python"} <= set(side["versions"])
+    pre = preprocess_of(side)
+    import numpy as np
+
+    x = pre.apply([np.zeros((120, 90, 3), np.uint8), np.full((20, 20), 255, np.uint8)])
+    assert x.shape == (2, 1, 48, 48)
+    assert model(x).shape == (2, 7)

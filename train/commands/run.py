@@ -1,0 +1,158 @@
+"""`train run`: train a registered model from manifests (one process, or under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+_O = typer.Option
+
+
+def _model_options(pairs: list[str]) -> dict:
+    """--model-opt key=value; values are JSON when they parse (numbers, true, [1,2]), else text."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise typer.BadParameter(f"--model-opt {p!r}: write it as key=value")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def command(
+    manifest: Annotated[Optional[Path], _O(help="Training manifest (split=train rows).")] = None,
+    model: Annotated[Optional[str], _O(help="Registered model name (`train models` lists them).")] = None,
+    val: Annotated[Optional[Path], _O(help="Validation manifest; default: *_val beside *_train.")] = None,
+    config: Annotated[Optional[Path], _O(help="JSON/TOML file of these options; flags override it.")] = None,
+    preset: Annotated[Optional[str], _O(help="Label preset 7|5|4|2.")] = None,
+    text_features: Annotated[Optional[Path], _O(help="Caption feature file (sample_id, vector[, tokens]).")] = None,
+    image_features: Annotated[Optional[Path], _O(help="Image feature file, for feature-input models.")] = None,
+    model_opt: Annotated[Optional[list[str]], _O(help="Model config override key=value (repeat).")] = None,
+    epochs: Annotated[Optional[int], _O()] = None,
+    batch_size: Annotated[Optional[int], _O()] = None,
+    lr: Annotated[Optional[float], _O()] = None,
+    optimizer: Annotated[Optional[str], _O(help="adam | adamw | sgd")] = None,
+    scheduler: Annotated[Optional[str], _O(help="none | cosine | cosine-restarts | plateau | onecycle")] = None,
+    warmup: Annotated[Optional[int], _O(help="Epochs of linear warm-up.")] = None,
+    weight_decay: Annotated[Optional[float], _O()] = None,
+    label_smoothing: Annotated[Optional[float], _O()] = None,
+    loss: Annotated[Optional[str], _O(help="ce | focal | cmaen (the model's own loss)")] = None,
+    class_weights: Annotated[Optional[str], _O(help="none | balanced")] = None,
+    clip_grad: Annotated[Optional[float], _O(help="Max gradient norm.")] = None,
+    amp: Annotated[Optional[bool], _O("--amp/--no-amp", help="bf16 autocast (fp16 on CUDA with --amp-dtype fp16).")] = None,
+    amp_dtype: Annotated[Optional[str], _O(help="bf16 | fp16")] = None,
+    channels_last: Annotated[Optional[str], _O(help="auto | on | off")] = None,
+    augment: Annotated[Optional[str], _O(help="none | light | strong")] = None,
+    early_stop: Annotated[Optional[int], _O(help="Stop after N epochs without a better val metric.")] = None,
+    select_metric: Annotated[Optional[str], _O(help="uar | acc | f1: picks the best checkpoint on val.")] = None,
+    seed: Annotated[Optional[int], _O()] = None,
+    out: Annotated[Optional[Path], _O(help="Run directory (checkpoints, log.jsonl, log.csv).")] = None,
+    resume: Annotated[bool, _O("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    device: Annotated[Optional[str], _O(help="auto | cpu | cuda")] = None,
+    workers: Annotated[Optional[int], _O(help="Threads that decode the manifest images.")] = None,
+    threads: Annotated[Optional[int], _O(help="Torch CPU threads (1 is faster on a busy, shared CPU).")] = None,
+    max_steps: Annotated[Optional[int], _O(help="At most this many steps per epoch (smoke tests).")] = None,
+    frames: Annotated[Optional[int], _O(help="Frames per clip for video models.")] = None,
+    tensorboard: Annotated[Optional[bool], _O("--tensorboard/--no-tensorboard")] = None,
+) -> None:
+    """Train MODEL on a manifest; the best checkpoint is chosen on the validation split."""
+    from rich.console import Console
+
+    from train.config import ConfigError, make_config
+
+    err = Console(stderr=True, soft_wrap=True)  # unwrapped: error messages stay greppable
+    flags = dict(manifest=manifest, model=model, val=val, preset=preset, text_features=text_features,
+                 image_features=image_features, epochs=epochs, batch_size=batch_size, lr=lr,
+                 optimizer=optimizer, scheduler=scheduler, warmup=warmup, weight_decay=weight_decay,
+                 label_smoothing=label_smoothing, loss=loss, class_weights=class_weights,
+                 clip_grad=clip_grad, amp=amp, amp_dtype=amp_dtype, channels_last=channels_last,
+                 augment=augment, early_stop=early_stop, select_metric=select_metric, seed=seed,
+                 out=out, resume=resume or None, device=device, workers=workers, threads=threads,
+                 max_steps=max_steps, frames=frames, tensorboard=tensorboard)
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
+    try:
+        opts = _model_options(model_opt or [])
+        cfg = make_config(config, **flags)
+        if opts:
+            from dataclasses import replace
+
+            cfg = replace(cfg, model_options={**cfg.model_options, **opts})
+    except (ConfigError, TypeError, typer.BadParameter) as e:
+        err.print(f"[red]train run:[/red] {e}")
+        raise typer.Exit(2) from None
+    summary = _run(cfg, err)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary["best"]
+        typer.echo(f"best val_{summary['select_metric']} = {best:.4f} at epoch {summary['best_epoch']} "
+                   f"({summary['stop']}); checkpoint: {summary['run_dir']}/best.safetensors")
+
+
+def _run(cfg, err):
+    from features.manifest import ManifestError
+    from train.checkpoint import CheckpointError
+    from train.config import ConfigError
+    from train.data import DataError
+    from train.loop import TrainError, fit
+    from train.models.registry import UnknownModel
+
+    display = _Display(err, enabled=int(os.environ.get("RANK", "0")) == 0)
+    try:
+        with display:
+            return fit(cfg, progress=display.on_event)
+    except (ManifestError, DataError, TrainError, CheckpointError, ConfigError, UnknownModel) as e:
+        err.print(f"[red]train run:[/red] {e}")
+        raise typer.Exit(2) from None
+    except TypeError as e:  # the registry's "model X has no option(s) ..." message
+        if "has no option" not in str(e):
+            raise
+        err.print(f"[red]train run:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+class _Display:
+    """rich progress for steps, one table row per epoch; only here, at the CLI edge."""
+
+    def __init__(self, console, enabled: bool):
+        self.console, self.enabled, self.task = console, enabled, None
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[loss]}"),
+                                     console=self.console, transient=True)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def on_event(self, ev: dict) -> None:
+        if self.progress is None:
+            return
+        kind = ev["kind"]
+        if kind == "status":
+            self.console.print(ev["text"])
+        elif kind == "epoch_start":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"epoch {ev['epoch'] + 1}/{ev['epochs']}",
+                                               total=ev["steps"], loss="")
+        elif kind == "step" and self.task is not None:
+            self.progress.update(self.task, completed=ev["step"], loss=f"loss {ev['loss']:.4f}")
+        elif kind == "epoch_end":
+            star = " *" if ev["best"] else ""
+            self.console.print(
+                f"epoch {ev['epoch']:>3}  loss {ev['train_loss']:.4f}  val acc {ev['val_acc']:.4f}  "
+                f"uar {ev['val_uar']:.4f}  f1 {ev['val_f1']:.4f}  lr {ev['lr']:.2e}  "
+                f"{ev['train_img_s']:.0f} img/s{star}")

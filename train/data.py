@@ -1,0 +1,395 @@
+"""Manifest -> tensors, and a small deterministic batch loader.
+
+Images are decoded once into a uint8 tensor in memory when they fit (FER2013's 28,709 grey 48x48
+faces are 66 MB); otherwise the encoded bytes stay in memory and each batch is decoded on the
+fly. Feature files (precomputed image or caption features) are joined onto the rows by
+sample_id. Video models get clips: rows grouped by clip_id, ordered by frame_index, T frames.
+
+The loader is a seeded permutation per epoch cut into batch slices, not a torch DataLoader:
+with everything already in memory there is nothing for worker processes to do, and a
+permutation from (seed, epoch) makes every epoch reproducible and resumable without state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.labels import LabelSet, get_preset
+from features.manifest import ManifestError, open_manifest, read_manifest
+from train.transforms import Preprocess
+
+DECODE_CHUNK = 512
+
+
+class DataError(ValueError):
+    """Training data that cannot be used as given; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model eats: 'image' (C,H,W), 'clip' (T,C,H,W) or 'feature' (D,), plus text."""
+
+    kind: str
+    preprocess: Preprocess | None
+    frames: int | None = None
+    needs_text: bool = False
+
+
+@dataclass
+class SplitData:
+    labels: Any  # int64 tensor (N,)
+    sample_ids: list[str]  # clip ids for clip data
+    class_names: tuple[str, ...]
+    label_set: LabelSet
+    kind: str
+    images: Any = None  # uint8 (N,C,H,W) / (N,T,C,H,W) tensor, or None when decoded lazily
+    encoded: list | None = None  # per item: bytes (image) or list of bytes (clip), lazy mode
+    preprocess: Preprocess | None = None
+    features: Any = None  # float32 (N,D) for feature models
+    text: Any = None  # float32 (N,D) or (N,L,D)
+    text_mask: Any = None  # bool (N,L)
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx) -> dict[str, Any]:
+        """A batch of raw inputs (uint8 images, not yet augmented or normalised)."""
+        out: dict[str, Any] = {"y": self.labels[idx], "index": idx}
+        if self.kind == "feature":
+            out["x"] = self.features[idx]
+        elif self.images is not None:
+            out["x"] = self.images[idx]
+        else:
+            out["x"] = _decode_items([self.encoded[i] for i in idx.tolist()], self.preprocess, self.kind)
+        if self.text is not None:
+            out["text"] = self.text[idx]
+            out["text_mask"] = self.text_mask[idx] if self.text_mask is not None else None
+        return out
+
+
+# ---- reading -----------------------------------------------------------------------------
+
+def sibling_val(train_manifest: str | Path) -> Path | None:
+    """fer_train.parquet -> fer_val.parquet beside it, when it exists."""
+    p = Path(train_manifest)
+    if "train" not in p.name:
+        return None
+    i = p.name.rfind("train")
+    cand = p.with_name(p.name[:i] + "val" + p.name[i + len("train"):])
+    return cand if cand.exists() else None
+
+
+def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
+               text_features: str | None = None, image_features: str | None = None,
+               workers: int = 2, memory_budget: int | None = None) -> SplitData:
+    """Read the rows of `path` whose split is `role` ('train' or 'val') into memory."""
+    import torch
+
+    path = Path(path)
+    schema, ls = open_manifest(path)  # ManifestError with a remedy for a wrong schema/version
+    cols = ["sample_id", "split", "label_id"]
+    if spec.kind != "feature":
+        cols.append("image")
+    if spec.kind == "clip":
+        cols += ["clip_id", "frame_index"]
+    table, _ = read_manifest(path, columns=cols)
+    splits = set(table.column("split").to_pylist())
+    if "test" in splits:
+        raise DataError(
+            f"{path} holds split=test rows; training and validation never read the test split "
+            "(the best checkpoint is chosen on validation data carved from the training split). "
+            "Pass the train/val manifests; evaluate on test once, at the end, with `train evaluate`.")
+    split_col = np.asarray(table.column("split").to_pylist())
+    keep = np.flatnonzero(split_col == role)
+    if keep.size == 0:
+        raise DataError(f"{path} has no rows with split={role!r} (it has {sorted(splits)}); "
+                        f"pass the manifest of the {role} split")
+    if keep.size < len(split_col):
+        table = table.take(keep)
+
+    names, mapping = _preset(ls, preset, path)
+    label_ids = np.asarray(table.column("label_id").to_numpy(), dtype=np.int64)
+    if label_ids.size and (label_ids.min() < 0 or label_ids.max() >= len(ls)):
+        raise DataError(f"{path}: label_id outside 0..{len(ls) - 1} of label set {ls.name!r}")
+    y = np.asarray(mapping, dtype=np.int64)[label_ids]
+    ids = table.column("sample_id").to_pylist()
+
+    data = SplitData(labels=None, sample_ids=ids, class_names=names, label_set=ls, kind=spec.kind,
+                     preprocess=spec.preprocess)
+    if spec.kind == "clip":
+        groups, y, ids = _group_clips(table, y, spec.frames, path)
+        data.sample_ids = ids
+        items = [[table.column("image")[i].as_py() for i in g] for g in groups]
+        row_ids = [table.column("sample_id")[g[0]].as_py() for g in groups]
+    elif spec.kind == "image":
+        items = table.column("image").to_pylist()
+        row_ids = ids
+    else:
+        items, row_ids = None, ids
+    data.labels = torch.from_numpy(y)
+
+    if spec.kind == "feature":
+        if not image_features:
+            raise DataError("this model trains on precomputed image features: pass "
+                            "--image-features F.parquet (written by `pipeline embed`)")
+        vec, _, _ = read_feature_file(feature_sources(image_features, role), ids)
+        data.features = torch.from_numpy(vec)
+    else:
+        per_item = spec.preprocess.channels * math.prod(spec.preprocess.size) * (spec.frames or 1)
+        budget = memory_budget if memory_budget is not None else _memory_budget()
+        if per_item * len(items) <= budget:
+            data.images = _decode_all(items, spec.preprocess, spec.kind, workers)
+        else:
+            data.encoded = items
+        data.info["decoded_bytes"] = per_item * len(items)
+        data.info["in_memory"] = data.images is not None
+    if spec.needs_text:
+        if not text_features:
+            raise DataError("this model fuses caption text: pass --text-features F.parquet "
+                            "(caption features written by `pipeline embed`)")
+        # clip models key text by their first frame's sample_id
+        vec, tok, mask = read_feature_file(feature_sources(text_features, role), row_ids)
+        if tok is not None:
+            data.text, data.text_mask = torch.from_numpy(tok), torch.from_numpy(mask)
+        else:
+            data.text = torch.from_numpy(vec)
+    return data
+
+
+def _preset(ls: LabelSet, preset: str, path: Path) -> tuple[tuple[str, ...], list[int]]:
+    try:
+        return get_preset(preset).apply(ls)
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{path}: label preset {preset!r} cannot apply to label set {ls.name!r}: "
+                        f"{e.args[0] if e.args else e}") from None
+
+
+def _group_clips(table, y: np.ndarray, frames: int | None, path: Path):
+    clip = table.column("clip_id").to_pylist()
+    if any(c is None for c in clip):
+        raise DataError(f"{path}: a video model needs clip_id on every row; this manifest has "
+                        "rows without one (ingest a video dataset, e.g. DFEW)")
+    fidx = table.column("frame_index").to_pylist()
+    by_clip: dict[str, list[int]] = {}
+    for i, c in enumerate(clip):
+        by_clip.setdefault(c, []).append(i)
+    t = frames or 16
+    groups, labels, ids = [], [], []
+    for c in sorted(by_clip):
+        rows = sorted(by_clip[c], key=lambda i: (fidx[i] if fidx[i] is not None else 0))
+        if len(set(y[rows].tolist())) != 1:
+            raise DataError(f"{path}: clip {c!r} has frames with different labels")
+        # T frames spread evenly over the clip; short clips repeat frames (AffectFusion's sampling)
+        pick = np.linspace(0, len(rows) - 1, t).round().astype(int)
+        groups.append([rows[k] for k in pick])
+        labels.append(int(y[rows[0]]))
+        ids.append(c)
+    return groups, np.asarray(labels, dtype=np.int64), ids
+
+
+def _memory_budget() -> int:
+    """Half of the physical memory: decoded images must leave room for the model and batches."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError):
+        return 4 << 30
+
+
+def _decode_items(items: list, pre: Preprocess, kind: str):
+    import torch
+
+    from features.images import BadImage, decode
+
+    def dec(b):
+        try:
+            return decode(b)[0]
+        except BadImage as e:
+            raise DataError(f"an image in the manifest cannot be decoded: {e}") from None
+
+    if kind == "clip":
+        return torch.stack([pre.to_uint8([dec(b) for b in clip]) for clip in items])
+    return pre.to_uint8([dec(b) for b in items])
+
+
+def _decode_all(items: list, pre: Preprocess, kind: str, workers: int):
+    """Decode in chunks on a thread pool (PIL and torch release the GIL for the heavy parts)."""
+    import torch
+
+    chunks = [items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
+    if not chunks:
+        shape = (0, pre.channels, *pre.size) if kind == "image" else (0, 1, pre.channels, *pre.size)
+        return torch.empty(shape, dtype=torch.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        parts = list(pool.map(lambda c: _decode_items(c, pre, kind), chunks))
+    return torch.cat(parts)
+
+
+def feature_sources(path: str | Path, role: str) -> list[Path]:
+    """The feature file given for training, plus its *_val sibling for the val split
+    (`pipeline embed` writes one file per manifest: demo_train_minilm -> demo_val_minilm)."""
+    p = Path(path)
+    sib = sibling_val(p) if role == "val" else None
+    return [p] + ([sib] if sib is not None and sib != p else [])
+
+
+def read_feature_file(paths: str | Path | list, sample_ids: list[str]):
+    """Feature file(s) (sample_id, vector[, tokens, token_mask]) -> arrays aligned with sample_ids.
+
+    Returns (vectors (N,D) float32, tokens (N,L,D) float32 or None, mask (N,L) bool or None).
+    Columns are converted through Arrow's flat buffers, never Python lists: token matrices of
+    a whole dataset are gigabytes.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+    tables = []
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"feature file {path} does not exist; write it with `pipeline embed`")
+        try:
+            names = pq.read_schema(path).names
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
+            raise DataError(f"feature file {path} is not a readable Parquet file ({e})") from None
+        if "sample_id" not in names or "vector" not in names:
+            raise DataError(f"feature file {path} lacks the columns sample_id and vector (it has "
+                            f"{names}); write it with `pipeline embed`")
+        cols = ["sample_id", "vector"] + [c for c in ("tokens", "token_mask") if c in names]
+        tables.append(pq.read_table(path, columns=cols).replace_schema_metadata(None))
+    try:
+        t = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowInvalid as e:
+        raise DataError(f"feature files {[str(p) for p in paths]} do not stack: {e}") from None
+    pos = {s: i for i, s in enumerate(t.column("sample_id").to_pylist())}
+    missing = [s for s in sample_ids if s not in pos]
+    if missing:
+        raise DataError(
+            f"feature file {', '.join(map(str, paths))} does not cover the manifest: {len(missing)} of "
+            f"{len(sample_ids)} rows have no features (first: {missing[:3]}). Re-run `pipeline embed` "
+            "on this manifest (after any stage that added or replaced rows)")
+    t = t.take(pa.array([pos[s] for s in sample_ids], type=pa.int64()))
+    vec = _matrix(t.column("vector"), paths)
+    tokens = mask = None
+    if "tokens" in t.column_names and t.column("tokens").null_count == 0:
+        tok = t.column("tokens").combine_chunks()
+        if _uniform(tok):
+            rows = _matrix(tok.flatten(), paths)
+            tokens = rows.reshape(len(t), -1, rows.shape[1])
+        else:
+            raise DataError(f"feature file {paths[0]}: token sequences have different lengths; write "
+                            "them padded to one length (`pipeline embed` does)")
+        if "token_mask" in t.column_names and t.column("token_mask").null_count == 0:
+            mask = _matrix(t.column("token_mask"), paths).astype(bool)
+        else:
+            mask = np.ones(tokens.shape[:2], dtype=bool)
+    return vec, tokens, mask
+
+
+def _uniform(arr) -> bool:
+    lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+    return bool(lengths.size == 0 or (lengths == lengths[0]).all())
+
+
+def _matrix(col, paths) -> np.ndarray:
+    """A list<number> column of equal-length rows -> (N, D) float32 array."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not _uniform(arr):
+        raise DataError(f"feature file {paths[0]}: vectors have different lengths")
+    n = len(arr)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1) if n else flat.reshape(0, 0)
+
+
+# ---- batching ----------------------------------------------------------------------------
+
+def epoch_permutation(n: int, seed: int, epoch: int):
+    """The same (seed, epoch) gives the same order on every rank and after a resume."""
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def shard(indices, rank: int, world: int):
+    """Rank `rank`'s share: every `world`-th index. Each index goes to exactly one rank; shares
+    differ by at most one row (DDP's join() absorbs the uneven last step; nothing is padded
+    or dropped, unlike DistributedSampler's default padding that repeats rows)."""
+    return indices[rank::world]
+
+
+class BatchLoader:
+    def __init__(self, data: SplitData, batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1, max_steps: int | None = None):
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.rank, self.world, self.max_steps = rank, world, max_steps
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self):
+        import torch
+
+        n = len(self.data)
+        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        return shard(order, self.rank, self.world)
+
+    def bounds(self, n: int) -> list[tuple[int, int]]:
+        """Batch slices of n rows. A last batch of one row joins the one before it: BatchNorm
+        cannot train on a single sample, and dropping it would lose a row."""
+        cuts = [(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+        if len(cuts) > 1 and cuts[-1][1] - cuts[-1][0] == 1:
+            cuts[-2:] = [(cuts[-2][0], n)]
+        return cuts[: self.max_steps] if self.max_steps else cuts
+
+    def __len__(self) -> int:
+        return len(self.bounds(len(self.indices())))
+
+    def __iter__(self):
+        idx = self.indices()
+        for start, stop in self.bounds(len(idx)):
+            yield self.data.take(idx[start:stop])
+
+
+def class_weights(labels, num_classes: int):
+    """sklearn's 'balanced' weights: n / (k * count); classes absent from training get 0."""
+    import torch
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = labels.numpy()
+    present = np.unique(y)
+    w = np.zeros(num_classes, dtype=np.float32)
+    w[present] = compute_class_weight("balanced", classes=present, y=y)
+    return torch.from_numpy(w)
+
+
+def input_spec_for(model, preprocess: Preprocess | None = None, frames: int | None = None) -> InputSpec:
+    """The model's own description of its input (config + class attributes)."""
+    cfg = model.config
+    kind = model.input_kind
+    if kind == "feature":
+        pre = None
+    else:
+        pre = preprocess or Preprocess.default_for(cfg.input_size, cfg.in_chans)
+        # a model trained on other statistics (CLIP's) says so with input_mean / input_std
+        mean, std = getattr(model, "input_mean", None), getattr(model, "input_std", None)
+        if preprocess is None and mean is not None and std is not None:
+            pre = Preprocess(pre.size, pre.channels, tuple(mean), tuple(std), pre.resize)
+    t = (frames or getattr(cfg, "frames", None)) if kind == "clip" else None
+    return InputSpec(kind, pre, t, bool(model.needs_text))
+
+
+__all__ = ["DataError", "ManifestError", "InputSpec", "SplitData", "load_split", "BatchLoader",
+           "read_feature_file", "shard", "epoch_permutation", "class_weights", "sibling_val",
+           "input_spec_for"]

@@ -1,0 +1,486 @@
+"""The training loop: small functions (torchvision's references style) and `fit`, which wires
+them together for one run: data, model, optimiser, epochs, validation, checkpoints, resume.
+
+Quiet by design: `fit` reports through an optional `progress(event: dict)` callback; the CLI
+turns the events into a rich display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from train.config import TrainConfig
+
+Progress = Callable[[dict], None]
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+class NonFiniteLoss(TrainError):
+    pass
+
+
+# ---- pieces ------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_loss(cfg: TrainConfig, weight=None, device: str = "cpu"):
+    """loss_fn(outputs, target, model) -> scalar; outputs is the model's with_aux dict.
+    ce and focal come from train/losses.py (they cast logits to float themselves)."""
+    from train.losses import build_loss
+    from train.models.base import logits_of
+
+    if cfg.loss in ("ce", "focal"):
+        opts = {"label_smoothing": cfg.label_smoothing, "class_weights": weight}
+        if cfg.loss == "focal":
+            opts["gamma"] = cfg.focal_gamma
+        crit = build_loss(cfg.loss, **opts).to(device)
+
+        def plain(outputs, target, model):
+            return crit(logits_of(outputs).float(), target)
+
+        return plain
+
+    def own(outputs, target, model):
+        loss = _bare(model).loss(outputs, target)
+        if loss is None:
+            raise TrainError(f"--loss cmaen: model {_bare(model).model_name!r} has no loss of its own "
+                             "(only cmaen does); use --loss ce or focal")
+        return loss.float()
+
+    return own
+
+
+def _bare(model):
+    from train.checkpoint import unwrap
+
+    return unwrap(model)
+
+
+def param_groups(model, epoch: int, lr: float) -> list[dict]:
+    groups = _bare(model).param_groups(epoch, lr)
+    if groups is None:
+        groups = [{"params": [p for p in model.parameters()], "lr": lr}]
+    return groups
+
+
+def _group_key(groups: list[dict]) -> tuple:
+    return tuple((tuple(id(p) for p in g["params"]), g.get("lr")) for g in groups)
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict]):
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=True)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, epochs_done: int = 0):
+    """Stepped once per epoch (the same on every DDP rank, whatever its share of batches).
+    `epochs_done` fast-forwards a scheduler built mid-run (after a param-group change)."""
+    import torch.optim.lr_scheduler as S
+
+    main_epochs = max(1, cfg.epochs - cfg.warmup)
+    if cfg.scheduler == "none":
+        sched = S.LambdaLR(optimizer, lambda e: 1.0)
+    elif cfg.scheduler == "cosine":
+        sched = S.CosineAnnealingLR(optimizer, T_max=main_epochs)
+    elif cfg.scheduler == "cosine-restarts":
+        sched = S.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, main_epochs // 3))
+    elif cfg.scheduler == "plateau":
+        sched = S.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    else:
+        sched = S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                             total_steps=main_epochs + 1)
+    if cfg.warmup and cfg.scheduler != "plateau":
+        warm = S.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup)
+        sched = S.SequentialLR(optimizer, [warm, sched], milestones=[cfg.warmup])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
+        for _ in range(epochs_done):
+            step_scheduler(sched, None)
+    return sched
+
+
+def step_scheduler(sched, metric: float | None) -> None:
+    import torch.optim.lr_scheduler as S
+
+    if isinstance(sched, S.ReduceLROnPlateau):
+        if metric is not None:
+            sched.step(metric)
+    else:
+        sched.step()
+
+
+def autocast(device: str, amp: bool, dtype: str):
+    import torch
+
+    if not amp:
+        return contextlib.nullcontext()
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    dt = torch.float16 if (dtype == "fp16" and kind == "cuda") else torch.bfloat16
+    return torch.autocast(kind, dtype=dt)
+
+
+@dataclass
+class BatchPrep:
+    """Moves a raw batch to the device, augments (training only) and normalises."""
+
+    device: str
+    preprocess: Any = None
+    augment: Any = None
+    channels_last: bool = False
+
+    def __call__(self, batch: dict, train: bool) -> dict:
+        import torch
+
+        x = batch["x"].to(self.device, non_blocking=True)
+        if self.preprocess is not None:  # images/clips arrive as uint8
+            if train and self.augment is not None:
+                x = self.augment(x)
+            x = self.preprocess.normalize(x)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        out = {"x": x, "y": batch["y"].to(self.device), "index": batch["index"]}
+        for k in ("text", "text_mask"):
+            v = batch.get(k)
+            out[k] = v.to(self.device) if v is not None else None
+        return out
+
+
+def compute_loss(loss_fn, outputs, target, model):
+    return loss_fn(outputs, target, model)
+
+
+def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: bool = False,
+                    amp_dtype: str = "bf16", scaler=None, clip_grad: float | None = None,
+                    dist_info=None, progress: Progress | None = None, epoch: int = 0) -> dict:
+    """One pass over `loader`; returns {"loss": mean loss, "steps", "samples"}.
+
+    Raises NonFiniteLoss (on every rank) as soon as a loss is nan/inf, before the optimiser
+    touches the weights, so the last saved checkpoint stays the last good one."""
+    import torch
+
+    from train.distributed import DistInfo, any_true, join
+
+    info = dist_info or DistInfo(device=prep.device)
+    model.train()
+    total, n, steps = 0.0, 0, 0
+    with join(model, info):
+        for batch in loader:
+            b = prep(batch, train=True)
+            with autocast(prep.device, amp, amp_dtype):
+                outputs = model(b["x"], b["text"], b["text_mask"], with_aux=True)
+            loss = compute_loss(loss_fn, outputs, b["y"], model)
+            bad = not torch.isfinite(loss.detach()).item()
+            if any_true(bad, info, prep.device if prep.device.startswith("cuda") else "cpu"):
+                raise NonFiniteLoss(f"loss became {loss.item() if bad else 'nan/inf on another rank'} "
+                                    f"at epoch {epoch + 1}, step {steps + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            k = int(b["y"].shape[0])
+            total += float(loss.detach()) * k
+            n += k
+            steps += 1
+            if progress:
+                progress({"kind": "step", "epoch": epoch, "step": steps, "steps": len(loader),
+                          "loss": float(loss.detach())})
+    return {"loss": total / max(n, 1), "steps": steps, "samples": n}
+
+
+def evaluate(model, loader, prep: BatchPrep, *, amp: bool = False, amp_dtype: str = "bf16",
+             dist_info=None):
+    """(logits float32 (N,K), targets (N,)) over the loader's rows, gathered across ranks and
+    in row order, so any world size gives the same answer as one process."""
+    import torch
+
+    from train.distributed import DistInfo, gather_eval
+
+    info = dist_info or DistInfo(device=prep.device)
+    model.eval()
+    logits, targets, index = [], [], []
+    net = _bare(model)  # no gradient sync needed, and DDP would broadcast buffers each call
+    with torch.no_grad():
+        for batch in loader:
+            b = prep(batch, train=False)
+            with autocast(prep.device, amp, amp_dtype):
+                out = net(b["x"], b["text"], b["text_mask"])
+            logits.append(out.float().cpu())
+            targets.append(b["y"].cpu())
+            index.append(b["index"].cpu())
+    if logits:
+        lg, tg, ix = torch.cat(logits), torch.cat(targets), torch.cat(index)
+    else:
+        k = net.config.num_classes
+        lg, tg, ix = torch.zeros((0, k)), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    lg, tg, _ = gather_eval(lg, tg, ix, info)
+    return lg, tg
+
+
+def metrics(logits, targets, num_classes: int) -> dict[str, float]:
+    """accuracy, UAR (= balanced accuracy: mean per-class recall) and macro-F1, from sklearn."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    y = targets.numpy()
+    p = logits.argmax(1).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes absent from a small val split
+        return {
+            "acc": float(accuracy_score(y, p)),
+            "uar": float(balanced_accuracy_score(y, p)),
+            "f1": float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0)),
+        }
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+class RunLog:
+    """Per-epoch rows to log.jsonl and log.csv (rank 0), and TensorBoard when asked and installed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.run_dir = run_dir
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                warnings.warn("--tensorboard: the tensorboard package is not installed; logging to "
+                              "log.jsonl/log.csv only", stacklevel=2)
+
+    def write(self, row: dict, history: list[dict]) -> None:
+        """Both logs are rewritten from the history the resume state carries, so a run
+        interrupted anywhere and resumed never shows an epoch twice or misses one."""
+        import io
+
+        from features.manifest import atomic_write_bytes
+
+        text = "".join(json.dumps(r) + "\n" for r in history)
+        atomic_write_bytes(self.run_dir / "log.jsonl", lambda tmp: Path(tmp).write_text(text))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in history for k in r)))
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_bytes(self.run_dir / "log.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, float | int) and k != "epoch":
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+
+def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
+    """Train one run as `cfg` says. Returns a summary (best metric, epochs, paths)."""
+    import torch
+
+    from features.labels import get_preset
+    from features.manifest import file_sha256, open_manifest
+    from train import checkpoint as ck
+    from train import data as D
+    from train.distributed import barrier, cleanup, init_from_env, wrap
+    from train.models.registry import build_model, config_to_dict
+    from train.transforms import build_augment
+
+    emit = progress or (lambda e: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = init_from_env(cfg.device)
+    try:
+        run_dir = Path(cfg.out)
+        if (run_dir / ck.RESUME_FILE).exists() and not cfg.resume:
+            raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                             "choose another --out")
+        _, ls = open_manifest(cfg.manifest)
+        val_path = cfg.val or D.sibling_val(cfg.manifest)
+        if val_path is None:
+            raise TrainError(f"no validation manifest: pass --val, or put one beside {cfg.manifest} "
+                             "(fer_train.parquet -> fer_val.parquet). Validation comes from the "
+                             "training split (`pipeline ingest` carves it); never from test")
+        _, vls = open_manifest(val_path)
+        if vls.names != ls.names:
+            raise D.DataError(f"{val_path} uses label set {vls.name!r} {list(vls.names)}, the train "
+                              f"manifest {ls.name!r} {list(ls.names)}; they must match")
+        class_names, _ = D._preset(ls, cfg.preset, Path(cfg.manifest))
+        seed_everything(cfg.seed)
+        opts = dict(cfg.model_options)
+        if opts.get("num_classes") not in (None, len(class_names)):
+            raise D.DataError(f"model option num_classes={opts['num_classes']} does not match the "
+                              f"{len(class_names)} classes of label set {ls.name!r} with preset "
+                              f"{cfg.preset} ({', '.join(class_names)})")
+        opts["num_classes"] = len(class_names)
+        if cfg.frames is not None:
+            opts["frames"] = cfg.frames
+        model = build_model(cfg.model, **opts)
+        spec = D.input_spec_for(model)
+        emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
+        t0 = time.perf_counter()
+        load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
+                    image_features=cfg.image_features, workers=cfg.workers)
+        train_data = D.load_split(cfg.manifest, "train", **load)
+        val_data = D.load_split(val_path, "val", **load)
+        emit({"kind": "status", "text": f"{len(train_data)} train / {len(val_data)} val items "
+                                        f"ready in {time.perf_counter() - t0:.1f}s"})
+
+        device = info.device
+        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and model.channels_last_ok
+                                            and device.startswith("cuda") and spec.kind == "image")
+        model.to(device)
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        net = wrap(model, info)
+        trainable = _trainable(model)  # what DDP saw when it wrapped
+        weight = (D.class_weights(train_data.labels, len(class_names)).to(device)
+                  if cfg.class_weights == "balanced" else None)
+        loss_fn = make_loss(cfg, weight, device)
+        scaler = (torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16"
+                  and device.startswith("cuda") else None)
+        train_loader = D.BatchLoader(train_data, cfg.batch_size, True, cfg.seed, info.rank, info.world,
+                                     cfg.max_steps)
+        val_loader = D.BatchLoader(val_data, cfg.batch_size, False, cfg.seed, info.rank, info.world)
+        size = spec.preprocess.size if spec.preprocess else None
+        prep = BatchPrep(device, spec.preprocess,
+                         build_augment(cfg.augment, size, cfg.augment_group) if size else None, cl)
+
+        state = {"epoch": 0, "best": -math.inf, "best_epoch": None, "bad_epochs": 0, "history": [],
+                 "class_names": list(class_names), "config": {"model": cfg.model}}
+        blob = ck.load_resume(run_dir) if cfg.resume else None
+        if blob is not None:
+            _check_resume(blob, cfg, class_names)
+        # the optimiser's groups follow the model's param_groups(epoch); a resume rebuilds the
+        # grouping the saved state was written with, then the loop below moves it on as usual
+        start = blob["state"]["epoch"] if blob else 0
+        groups = param_groups(net, max(start - 1, 0), cfg.lr)
+        group_key = _group_key(groups)
+        optimizer = make_optimizer(cfg, groups)
+        sched = make_scheduler(cfg, optimizer)
+        if blob is not None:
+            state = ck.restore_resume(blob, net, optimizer, sched, scaler)
+            emit({"kind": "status", "text": f"resumed {run_dir} at epoch {state['epoch'] + 1}"})
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(run_dir, cfg.tensorboard) if info.is_main else None
+        sidecar = {
+            "labels": {"label_set": ls.name, "label_names": list(ls.names), "preset": cfg.preset,
+                       "class_names": list(class_names),
+                       "preset_doc": get_preset(cfg.preset).doc},
+            "preprocess": spec.preprocess.to_dict() if spec.preprocess else None,
+            "input": {"kind": spec.kind, "frames": spec.frames, "needs_text": spec.needs_text},
+            "manifests": {role: {"path": str(p), "sha256": file_sha256(p)}
+                          for role, p in (("train", cfg.manifest), ("val", val_path))},
+            "features": {"text": cfg.text_features, "image": cfg.image_features},
+            "train_config": cfg.to_dict(),
+            "world_size": info.world,
+        }
+        sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
+        stop_reason = "epochs"
+        for epoch in range(state["epoch"], cfg.epochs):
+            new_groups = param_groups(net, epoch, cfg.lr)
+            if info.enabled and _trainable(model) != trainable:
+                # DDP registers gradient hooks only for parameters that were trainable when it
+                # wrapped the model: after an unfreeze, wrap again so the new ones are synced
+                net = wrap(model, info)
+            trainable = _trainable(model)
+            if _group_key(new_groups) != group_key:
+                # a model that unfreezes its backbone (clip-adapter) changes its groups: new
+                # optimiser for the new phase, schedule continued from this epoch
+                group_key = _group_key(new_groups)
+                optimizer = make_optimizer(cfg, new_groups)
+                sched = make_scheduler(cfg, optimizer, epochs_done=epoch)
+            # RNG seeded from (seed, epoch, rank): augmentation and dropout differ across ranks,
+            # and a resumed run (any world size) draws exactly what an uninterrupted one would
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + info.rank)
+            train_loader.set_epoch(epoch)
+            emit({"kind": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "steps": len(train_loader)})
+            t0 = time.perf_counter()
+            try:
+                tr = train_one_epoch(net, loss_fn, optimizer, train_loader, prep, amp=cfg.amp,
+                                     amp_dtype=cfg.amp_dtype, scaler=scaler, clip_grad=cfg.clip_grad,
+                                     dist_info=info, progress=emit, epoch=epoch)
+            except NonFiniteLoss as e:
+                last = run_dir / "last.safetensors"
+                keep = (f"the last good checkpoint is {last} (epoch {state['epoch']})"
+                        if last.exists() else "no epoch finished, so there is no checkpoint")
+                raise NonFiniteLoss(f"{e}; training stopped, {keep}. Try a lower --lr, "
+                                    "--clip-grad 1.0, or --no-amp") from None
+            train_s = time.perf_counter() - t0
+            lg, tg = evaluate(net, val_loader, prep, amp=cfg.amp, amp_dtype=cfg.amp_dtype, dist_info=info)
+            m = metrics(lg, tg, len(class_names))
+            score = m[cfg.select_metric]
+            step_scheduler(sched, score)
+            improved = score > state["best"]
+            if improved:
+                state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+            else:
+                state["bad_epochs"] += 1
+            row = {"epoch": epoch + 1, "train_loss": tr["loss"], **{f"val_{k}": v for k, v in m.items()},
+                   "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_s, 3),
+                   "train_img_s": round(tr["samples"] * info.world / max(train_s, 1e-9), 1),
+                   "best": improved}
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            if info.is_main:
+                side = sidecar | {"epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in m.items()},
+                                  "selected_on": f"val_{cfg.select_metric}"}
+                if improved:
+                    ck.save_checkpoint(run_dir, net, side, name="best")
+                ck.save_checkpoint(run_dir, net, side, name="last")
+                ck.save_resume(run_dir, net, optimizer, sched, scaler, state)
+                log.write(row, state["history"])
+            barrier(info)
+            emit({"kind": "epoch_end", **row})
+            if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
+                stop_reason = f"early stop: no better val_{cfg.select_metric} for {cfg.early_stop} epochs"
+                break
+        return {"run_dir": str(run_dir), "best": state["best"], "best_epoch": state["best_epoch"],
+                "select_metric": cfg.select_metric, "epochs_run": state["epoch"], "stop": stop_reason,
+                "history": state["history"], "class_names": list(class_names), "world_size": info.world,
+                "train_items": len(train_data), "val_items": len(val_data)}
+    finally:
+        cleanup(info)
+
+
+def _trainable(model) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in model.parameters())
+
+
+def _check_resume(blob: dict, cfg: TrainConfig, class_names: tuple[str, ...]) -> None:
+    saved = blob["state"].get("config", {})
+    names = blob["state"].get("class_names")
+    if names is not None and list(names) != list(class_names):
+        raise TrainError(f"--resume: the run was trained on classes {names}, this manifest/preset "
+                         f"gives {list(class_names)}; resume with the same manifest and --preset")
+    if saved.get("model") not in (None, cfg.model):
+        raise TrainError(f"--resume: the run trained model {saved.get('model')!r}, not {cfg.model!r}")
