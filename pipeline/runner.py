@@ -32,7 +32,7 @@ import json
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -75,6 +75,16 @@ class Stage(Protocol):
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide `--executor ray` runs (see pipeline/ray_executor.py)."""
+
+    address: str | None = None          # None: start a local Ray with this machine's CPUs
+    concurrency: int = 2                # actors in the pool (one model copy each)
+    num_gpus_per_worker: float = 0.0    # > 0: an actor pool on GPUs (BLIP, SwinIR, DDColor)
+    num_cpus_per_worker: float = 1.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     batch_size: int = 32
     shard: tuple[int, int] | None = None
@@ -83,6 +93,10 @@ class RunConfig:
     # Keep the per-batch parts after a successful run, so a later run with the same settings
     # (or the other half of an interrupted sweep) reuses them; the CLI's --clean drops them.
     keep_work: bool = True
+    # "local": this process; "ray": the missing batches run on Ray Data first, then the local
+    # pass below finds every part done and only combines them (so both give the same rows).
+    executor: str = "local"
+    ray: RayConfig = RayConfig()
 
 
 @dataclass
@@ -283,6 +297,12 @@ def run_stage(
     stage_dir = work / stage.name
 
     t0 = time.perf_counter()
+    if cfg.executor == "ray":
+        from pipeline.ray_executor import compute_parts
+
+        compute_parts(stage, in_path, stage_dir, replace(cfg, executor="local"), cfg.ray)
+    elif cfg.executor != "local":
+        raise StageError(f"unknown executor {cfg.executor!r}; use local or ray")
     batches = plan_batches(table, cfg.batch_size, cfg.shard)
     report = StageReport(stage=stage.name, rows_in=sum(b.num_rows for b in batches), batches=len(batches))
     parts: list[pa.Table] = []
@@ -621,7 +641,9 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
 
 
 def make_config(batch_size: int = 32, shard: str | None = None, work_dir: Path | None = None,
-                device: str = "auto", clean: bool = False) -> RunConfig:
+                device: str = "auto", clean: bool = False, executor: str = "local",
+                ray_address: str | None = None, concurrency: int = 2,
+                num_gpus_per_worker: float = 0.0) -> RunConfig:
     """RunConfig from the options every stage command shares; a bad --shard is a Typer usage error."""
     import typer
 
@@ -631,4 +653,8 @@ def make_config(batch_size: int = 32, shard: str | None = None, work_dir: Path |
         raise typer.BadParameter(str(e), param_hint="--shard") from None
     if batch_size < 1:
         raise typer.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
-    return RunConfig(batch_size=batch_size, shard=sh, work_dir=work_dir, device=device, keep_work=not clean)
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"{executor!r}: use local or ray", param_hint="--executor")
+    ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker)
+    return RunConfig(batch_size=batch_size, shard=sh, work_dir=work_dir, device=device, keep_work=not clean,
+                     executor=executor, ray=ray)

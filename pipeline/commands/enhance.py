@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.commands import _options as _o
+
 
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
@@ -23,13 +25,18 @@ def command(
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where finished batches are kept "
                                                   "(default OUT.work/); a re-run reuses them.")] = None,
     clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")] = False,
+    executor: _o.Executor = "local",
+    ray_address: _o.RayAddress = None,
+    concurrency: _o.Concurrency = 2,
+    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
 ) -> None:
     """Super-resolve (bicubic or SwinIR) and colorize (gray2rgb or DDColor); provenance in the enhance columns."""
     from features.hub import WeightsNotFound
     from pipeline.enhance import EnhanceStage
     from pipeline.runner import StageError, cli_run, make_config
 
-    cfg = make_config(batch_size, shard, work_dir, device, clean)
+    cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
+                      num_gpus_per_worker)
     try:
         stage = EnhanceStage(sr=sr, color=color, scale=scale, tile=tile, precision=precision)
     except (StageError, WeightsNotFound) as e:
