@@ -1,0 +1,231 @@
+"""The Python API: load a checkpoint once, then ask for the emotions of the faces in images.
+
+    from train.api import EmotionPredictor
+    p = EmotionPredictor.from_checkpoint("runs/vgg/best.safetensors")
+    for face in p.predict("photo.jpg"):
+        print(face.label, face.prob, face.box, face.topk)
+
+The CMAEN seed's `EmotionPredictor` idea (load once; predict / predict_batch), with the
+checkpoint's own preprocessing read from its sidecar and face detection in front. Results are
+plain frozen dataclasses, so they print, compare and serialise (`dataclasses.asdict`) as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DETECTORS = ("haar", "retinaface", "none")
+
+
+class PredictError(ValueError):
+    """Input or checkpoint that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    label: str
+    prob: float
+    box: tuple[int, int, int, int]  # x, y, w, h in the source image (the whole image with detector "none")
+    topk: tuple[tuple[str, float], ...]
+    face_score: float | None = None  # detector confidence (Haar has none: 1.0), None without a detector
+    logits: tuple[float, ...] = field(default=(), repr=False)  # raw, for temporal smoothing and ensembles
+
+
+@dataclass(frozen=True)
+class Face:
+    """A face found in an image, with the crop the model sees (before its preprocessing)."""
+
+    box: tuple[int, int, int, int]
+    score: float | None
+    crop: np.ndarray = field(repr=False)
+
+
+def default_checkpoint() -> Path:
+    """The package's shipped model, or a message that says how to get one."""
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
+    if not files:
+        raise PredictError(
+            f"no shipped model in {WEIGHTS_DIR} yet: train one (`train run --manifest M --model vgg "
+            "--out runs/vgg`) and pass it with --checkpoint runs/vgg (or its .safetensors file)")
+    return files[0]
+
+
+def load_image(src: Any) -> np.ndarray:
+    """A path, encoded bytes, a PIL image or a uint8 array -> uint8 array (HxW grey or HxWx3 RGB)."""
+    from features.images import BadImage, decode
+
+    if isinstance(src, np.ndarray):
+        if src.dtype != np.uint8 or src.ndim not in (2, 3):
+            raise PredictError(f"an image array must be uint8 HxW or HxWx3, got {src.dtype} {src.shape}")
+        return src[..., :3] if src.ndim == 3 and src.shape[2] == 4 else src
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise PredictError(f"{path}: no such file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PredictError(f"{path}: cannot read it ({e.strerror or e})") from None
+        try:
+            return decode(data)[0]
+        except BadImage as e:
+            raise PredictError(f"{path}: not a readable image ({e})") from None
+    if isinstance(src, (bytes, bytearray)):
+        try:
+            return decode(bytes(src))[0]
+        except BadImage as e:
+            raise PredictError(f"not a readable image ({e})") from None
+    if hasattr(src, "convert"):  # a PIL image
+        im = src.convert("L") if src.mode in ("L", "1", "I", "F") else src.convert("RGB")
+        return np.asarray(im)
+    raise PredictError(f"cannot use a {type(src).__name__} as an image: pass a path, bytes, PIL image "
+                       "or uint8 array")
+
+
+def class_names_of(sidecar: dict) -> tuple[str, ...]:
+    """The output classes of a checkpoint, in logit order."""
+    names = (sidecar.get("labels") or {}).get("class_names")
+    if not names:
+        raise PredictError("checkpoint sidecar lacks its class names (labels.class_names); re-save it "
+                           "with this affectlab version")
+    return tuple(names)
+
+
+def preprocess_of(sidecar: dict):
+    from train.transforms import Preprocess
+
+    spec = sidecar.get("preprocess")
+    if not spec:
+        raise PredictError("checkpoint sidecar lacks its preprocessing spec ('preprocess'); re-save it "
+                           "with this affectlab version")
+    return Preprocess.from_dict(spec)
+
+
+def load(path: str | Path | None):
+    """Checkpoint (dir or .safetensors, None = shipped model) -> (model in eval mode, sidecar)."""
+    from train.checkpoint import load_checkpoint
+
+    path = default_checkpoint() if path is None else Path(path)
+    if not path.exists():
+        raise PredictError(f"checkpoint {path} does not exist; pass a run dir or its .safetensors file")
+    try:
+        model, sidecar = load_checkpoint(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise PredictError(f"cannot load checkpoint {path}: {e}") from None
+    return model.eval(), sidecar
+
+
+class EmotionPredictor:
+    """Face detection -> crop -> the checkpoint's preprocessing -> model -> top-k probabilities."""
+
+    def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "haar",
+                 device: str = "cpu", pad: float = 0.2, min_face: int = 24, batch_size: int = 64,
+                 weights_dir: str | Path | None = None, sidecar: dict | None = None):
+        if detector not in DETECTORS:
+            raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
+        kind = getattr(model, "input_kind", "image")
+        if kind == "feature" or getattr(model, "needs_text", False):
+            takes = "precomputed embeddings" if kind == "feature" else "caption text features"
+            raise PredictError(f"this checkpoint's model takes {takes}, not images: evaluate it with "
+                               "`train eval` on a manifest and its feature files")
+        if detector == "retinaface":  # fail once here, not once per image
+            from features.faces import retinaface_weights
+
+            try:
+                retinaface_weights(weights_dir)
+            except (ValueError, FileNotFoundError) as e:
+                raise PredictError(str(e)) from None
+        self.model = model.eval().to(device)
+        self.class_names = tuple(class_names)
+        self.preprocess = preprocess
+        self.detector = detector
+        self.device = device
+        self.pad = pad
+        self.min_face = min_face
+        self.batch_size = batch_size
+        self.weights_dir = weights_dir
+        self.sidecar = sidecar or {}
+        self.input_kind = kind
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, **kw) -> "EmotionPredictor":
+        model, sidecar = load(path)
+        if getattr(model, "input_kind", "image") == "feature":  # it has no image preprocessing to read
+            return cls(model, class_names_of(sidecar), None, sidecar=sidecar, **kw)
+        return cls(model, class_names_of(sidecar), preprocess_of(sidecar), sidecar=sidecar, **kw)
+
+    # -- faces ---------------------------------------------------------------------------------
+    def faces(self, image: np.ndarray) -> list[Face]:
+        """Every face in `image`, largest first; the whole image when the detector is 'none'."""
+        h, w = image.shape[:2]
+        if self.detector == "none":
+            return [Face((0, 0, int(w), int(h)), None, image)]
+        from features.faces import FaceError, crop_face, detect_faces
+
+        try:
+            found = detect_faces(image, backend=self.detector, weights_dir=self.weights_dir,
+                                 min_size=self.min_face)
+        except (FaceError, FileNotFoundError) as e:  # FileNotFoundError: missing RetinaFace weights
+            raise PredictError(f"face detector {self.detector!r}: {e}") from None
+        return [Face(tuple(int(v) for v in f.box), None if f.score is None else float(f.score),
+                     crop_face(image, f, pad=self.pad, align=True)) for f in found]
+
+    # -- model ---------------------------------------------------------------------------------
+    def inputs(self, crops: Sequence[np.ndarray]):
+        """Face crops -> the model's input tensor (clip models see each face as a 1-frame clip)."""
+        x = self.preprocess.apply(list(crops))
+        return x[:, None] if self.input_kind == "clip" else x
+
+    def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), self.batch_size):
+                x = self.inputs(crops[i:i + self.batch_size]).to(self.device)
+                out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def describe_logits(self, logits: np.ndarray, k: int = 3) -> list[tuple[str, float, tuple]]:
+        """Logits (N, C) -> (label, prob, top-k) per row."""
+        from train.metrics import softmax
+
+        probs = softmax(logits)
+        k = max(1, min(k, len(self.class_names)))
+        out = []
+        for p in probs:
+            order = np.argsort(-p)[:k]
+            topk = tuple((self.class_names[j], float(p[j])) for j in order)
+            out.append((topk[0][0], topk[0][1], topk))
+        return out
+
+    # -- public --------------------------------------------------------------------------------
+    def predict(self, image: Any, k: int = 3) -> list[FacePrediction]:
+        """All faces of one image, largest first; [] when no face was found."""
+        return self.predict_batch([image], k=k)[0]
+
+    def predict_batch(self, images: Sequence[Any], k: int = 3) -> list[list[FacePrediction]]:
+        """Faces of many images, classified in batches; one list per image, in order."""
+        found = [self.faces(load_image(im)) for im in images]
+        flat = [f for fs in found for f in fs]
+        logits = self.logits([f.crop for f in flat])
+        preds = iter(zip(flat, logits, self.describe_logits(logits, k)))
+        out = []
+        for fs in found:
+            row = []
+            for _ in fs:
+                face, lg, (label, prob, topk) = next(preds)
+                row.append(FacePrediction(label, prob, face.box, topk, face.score,
+                                          tuple(float(v) for v in lg)))
+            out.append(row)
+        return out
+
+    def top_k(self, image: Any, k: int = 3) -> list[tuple[str, float]]:
+        """Top-k (label, probability) of the largest face; [] when there is no face."""
+        faces = self.predict(image, k=k)
+        return list(faces[0].topk) if faces else []

@@ -1,0 +1,66 @@
+"""`train eval`: score a checkpoint on a manifest's test rows; report.json, report.md and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c",
+                                             help="Run dir or .safetensors file written by `train run`.")],
+    manifest: Annotated[Path, typer.Option("--manifest", "-m", help="Manifest whose test rows are scored.")],
+    tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none | flip | tencrop "
+                                     "(reported beside the plain number).")] = "none",
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json, report.md and "
+                                             "the PNG plots (default: <checkpoint dir>/eval-<manifest>).")] = None,
+    label_map: Annotated[str, typer.Option("--label-map", help="auto: score another label set zero-shot "
+                                           "through the shared emotions; none: refuse a mismatch.")] = "auto",
+    split: Annotated[str, typer.Option("--split", help="Which split's rows to score.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto")] = "cpu",
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    image_features: Annotated[Path | None, typer.Option("--image-features", help="Feature file for "
+                                                        "models that take embeddings.")] = None,
+    text_features: Annotated[Path | None, typer.Option("--text-features", help="Caption feature file "
+                                                       "for text-fusion models.")] = None,
+) -> None:
+    """Evaluate a checkpoint: WAR, UAR, macro-F1, per-class scores, AUCs, ECE; honest variants."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from train.evaluate import EvalConfig, EvalError, evaluate
+
+    console = Console(stderr=True, soft_wrap=True)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if out is None:
+        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+        out = base / f"eval-{manifest.stem}"
+    try:
+        cfg = EvalConfig(tta=tta, label_map=label_map, split=split, batch_size=batch_size, device=device,
+                         plots=plots, image_features=image_features, text_features=text_features)
+        with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("eval", total=None)
+            report = evaluate(checkpoint, manifest, cfg, out, progress=lambda n: bar.advance(task, n))
+    except EvalError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+    table = Table(title=f"{report['model']} on {manifest.name}")
+    for col in ("variant", "mode", "n", "WAR", "UAR", "macro-F1", "ECE"):
+        table.add_column(col, justify="right" if col not in ("variant", "mode") else "left")
+    for vname, modes in report["variants"].items():
+        for mode, s in modes.items():
+            table.add_row(vname, mode, str(s["n"]), f"{100 * s['war']:.2f}", f"{100 * s['uar']:.2f}",
+                          f"{100 * s['macro_f1']:.2f}", f"{s['ece']:.4f}")
+    Console().print(table)
+    if report["label_mapping"]["zero_shot"]:
+        ex = ", ".join(report["label_mapping"]["excluded_manifest_classes"]) or "none"
+        console.print(f"zero-shot through the label mapping; excluded manifest classes: {ex}")
+    console.print(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['seconds']} s)")

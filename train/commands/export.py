@@ -1,0 +1,42 @@
+"""`train export`: a checkpoint's image model as ONNX, checked against torch with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run dir or .safetensors file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
+    opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset (17 or newer).")] = 17,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare onnxruntime's logits with "
+                                        "torch's on a random batch.")] = True,
+) -> None:
+    """Export an image model to ONNX (dynamic batch; class names and preprocessing in its metadata)."""
+    from rich.console import Console
+
+    from train.api import PredictError, class_names_of, load, preprocess_of
+    from train.export import ExportError, export_onnx, parity
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        model, sidecar = load(checkpoint)
+        pre = preprocess_of(sidecar)
+        path = export_onnx(model, pre, out, class_names_of(sidecar), opset=opset)
+    except (PredictError, ExportError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+    msg = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset})"
+    if check:
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        diff = parity(path, model, torch.randn(4, pre.channels, *pre.size, generator=g))
+        msg += f"; max |onnxruntime - torch| = {diff:.2e} on 4 random inputs"
+        if diff > 1e-4:
+            console.print(f"[red]error:[/] {msg}: above 1e-4, the export is not faithful")
+            raise typer.Exit(1)
+    console.print(msg)

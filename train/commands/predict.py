@@ -1,0 +1,96 @@
+"""`train predict`: emotions of the faces in images, folders, videos or a camera."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), video files, "
+                                                "or a camera index (0, 1, ...).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Run dir or .safetensors "
+                                                    "file (default: the model shipped in train/weights/).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels shown per face.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout (one row per face).")] = False,
+    gradcam: Annotated[Path | None, typer.Option("--gradcam", help="Folder for Grad-CAM overlay PNGs.")] = None,
+    detector: Annotated[str, typer.Option("--detector", help="haar (offline default) | retinaface "
+                                          "(needs its weights in --weights-dir) | none (inputs are crops).")] = "haar",
+    weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder.")] = None,
+    pad: Annotated[float, typer.Option("--pad", min=0.0, help="Margin around a detected face, "
+                                       "as a fraction of its size.")] = 0.2,
+    window: Annotated[int, typer.Option("--window", min=1, help="Video/camera: frames whose logits "
+                                        "are averaged (temporal smoothing).")] = 16,
+    out_video: Annotated[Path | None, typer.Option("--out-video", help="Annotated output video "
+                                                   "(.mp4 mp4v or .avi MJPG).")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop a video or "
+                                                   "camera after this many frames.")] = None,
+    describe: Annotated[bool, typer.Option("--describe", help="Add a BLIP caption and BLIP-VQA answers "
+                                           "per face (needs their weights locally).")] = False,
+    caption_model: Annotated[str, typer.Option("--caption-model", help="BLIP caption id or folder.")]
+    = "Salesforce/blip-image-captioning-base",
+    vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = "Salesforce/blip-vqa-base",
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+) -> None:
+    """Detect faces, classify each with the checkpoint's own preprocessing, show top-k."""
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from train.api import EmotionPredictor, PredictError
+    from train.predict import PredictConfig, run, summary, to_csv, to_json
+
+    err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (grep-able)
+    if as_json and as_csv:
+        err.print("[red]error:[/] choose one of --json and --csv")
+        raise typer.Exit(2)
+    try:
+        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device, pad=pad,
+                                                     weights_dir=weights_dir)
+        cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
+                            describe=describe, caption_model=caption_model, vqa_model=vqa_model,
+                            max_frames=max_frames)
+        with Progress(TextColumn("predict {task.completed} inputs/frames"), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("predict", total=None)
+            records = run(predictor, inputs, cfg, progress=lambda n: bar.advance(task, n))
+    except PredictError as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(to_json(records))
+    elif as_csv:
+        typer.echo(to_csv(records), nl=False)
+    else:
+        _table(records, top_k)
+    s = summary(records)
+    for r in records:
+        if r.status == "error":
+            err.print(f"[yellow]skipped[/] {r.source}: {r.message}")
+    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces, {s['no_face']} without a face, "
+              f"{s['errors']} errors" + (f"; annotated video: {out_video}" if out_video else "")
+              + (f"; Grad-CAM overlays in {gradcam}" if gradcam else ""))
+    if s["errors"] == s["inputs"]:
+        raise typer.Exit(1)
+
+
+def _table(records, top_k: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table()
+    for col in ("input", "frame", "face", "box (x,y,w,h)", "label", "prob", f"top-{top_k}"):
+        t.add_column(col, overflow="fold")
+    for r in records:
+        if r.status == "error":
+            continue
+        if not r.faces:
+            if r.frame is None:
+                t.add_row(r.source, "", "", "", "[dim]no face[/]", "", "")
+            continue
+        for i, f in enumerate(r.faces):
+            t.add_row(r.source, "" if r.frame is None else str(r.frame), str(i), ",".join(map(str, f.box)),
+                      f.label, f"{f.prob:.3f}", " ".join(f"{lab}:{p:.2f}" for lab, p in f.topk))
+    Console().print(t)

@@ -1,0 +1,445 @@
+"""`train eval`'s engine: a checkpoint on a manifest's test rows -> report.json, report.md, plots.
+
+Honest variants side by side, each scored plain and (when asked) with test-time augmentation:
+all test rows; leak-free (rows whose pixels also occur in training excluded); FER2013
+PrivateTest alone; per clip / per sequence when the manifest has groups. A checkpoint trained on
+another label set is scored zero-shot through `features.labels.cross_map` (classes the target
+set lacks are excluded, never forced into a wrong class).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from features.labels import LabelSet, cross_map, get_label_set, get_preset
+from train.api import PredictError, class_names_of, load, preprocess_of
+from train.metrics import group_average, reliability_bins, score, softmax
+from train.report import write_report
+
+TTA_MODES = ("none", "flip", "tencrop")
+LABEL_MAPS = ("auto", "none")
+TENCROP_SCALE = 1.125  # resize up by this much, then take ten crops of the model's size
+
+
+class EvalError(ValueError):
+    """A checkpoint/manifest pair that cannot be evaluated; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tta: str = "none"
+    label_map: str = "auto"
+    split: str = "test"
+    batch_size: int = 256
+    device: str = "cpu"
+    plots: bool = True
+    tsne_points: int = 2000
+    image_features: Path | None = None  # for models that take precomputed embeddings
+    text_features: Path | None = None  # for models that fuse caption text (pooled vectors)
+
+    def __post_init__(self):
+        if self.tta not in TTA_MODES:
+            raise EvalError(f"--tta {self.tta!r} unknown; use one of {', '.join(TTA_MODES)}")
+        if self.label_map not in LABEL_MAPS:
+            raise EvalError(f"--label-map {self.label_map!r} unknown; use one of {', '.join(LABEL_MAPS)}")
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """How manifest classes meet the model's outputs."""
+
+    to_model: tuple[int | None, ...]  # manifest label_id -> model class index, None = excluded
+    scored: tuple[int, ...]  # model classes that the manifest can hold: the columns scored
+    zero_shot: bool
+    excluded: tuple[str, ...]  # manifest classes the model cannot predict
+
+    def as_dict(self, manifest_ls: LabelSet, model_names) -> dict:
+        return {"zero_shot": self.zero_shot, "excluded_manifest_classes": list(self.excluded),
+                "manifest_to_model": {manifest_ls.names[i]: (None if j is None else model_names[j])
+                                      for i, j in enumerate(self.to_model)},
+                "scored_classes": [model_names[j] for j in self.scored]}
+
+
+# ---- labels -------------------------------------------------------------------------------------
+
+def _ckpt_label_set(labels: dict, class_names: tuple[str, ...]) -> LabelSet:
+    """The label set the checkpoint was trained on (before its preset)."""
+    ls = labels.get("label_set")
+    if isinstance(ls, dict) and ls.get("names"):
+        return LabelSet(ls.get("name", "checkpoint"), tuple(ls["names"]))
+    if isinstance(ls, str):
+        names = labels.get("label_names")
+        if names:
+            return LabelSet(ls, tuple(names))
+        try:
+            return get_label_set(ls)
+        except KeyError:
+            pass
+    return LabelSet("checkpoint", class_names)
+
+
+def label_mapping(sidecar: dict, manifest_ls: LabelSet, class_names: tuple[str, ...],
+                  mode: str = "auto") -> LabelMapping:
+    labels = sidecar.get("labels") or {}
+    base = _ckpt_label_set(labels, class_names)
+    preset = str(labels.get("preset", "7"))
+    try:
+        out_names, base_to_model = get_preset(preset).apply(base)
+    except (KeyError, ValueError):
+        out_names, base_to_model = class_names, list(range(len(class_names)))
+    if tuple(out_names) != tuple(class_names):  # a sidecar whose preset does not explain its classes
+        base, base_to_model = LabelSet("checkpoint", class_names), list(range(len(class_names)))
+    if tuple(manifest_ls.names) == tuple(base.names):
+        to_model = list(base_to_model)
+        zero_shot = False
+    elif tuple(manifest_ls.names) == tuple(class_names):
+        to_model = list(range(len(class_names)))
+        zero_shot = False
+    else:
+        what = (f"the checkpoint's classes ({', '.join(class_names)}; label set {base.name!r}, preset "
+                f"{preset}) do not match the manifest's label set {manifest_ls.name!r} "
+                f"({', '.join(manifest_ls.names)})")
+        if mode == "none":
+            raise EvalError(f"{what}; pass --label-map auto to score it zero-shot through the shared "
+                            "emotions, or evaluate on a manifest of the label set it was trained on")
+        to_base = cross_map(manifest_ls, base)
+        to_model = [None if j is None else base_to_model[j] for j in to_base]
+        if all(j is None for j in to_model):
+            raise EvalError(f"{what}, and no class maps across (they share no emotion): there is "
+                            "nothing to score. Evaluate on a manifest of the label set it was trained on")
+        zero_shot = True
+    excluded = tuple(manifest_ls.names[i] for i, j in enumerate(to_model) if j is None)
+    scored = tuple(sorted({j for j in to_model if j is not None}))
+    if not zero_shot:
+        scored = tuple(range(len(class_names)))
+    return LabelMapping(tuple(to_model), scored, zero_shot, excluded)
+
+
+# ---- rows ---------------------------------------------------------------------------------------
+
+@dataclass
+class Rows:
+    sample_ids: list[str]
+    images: list  # decoded uint8 arrays (None for feature models)
+    targets: np.ndarray  # model class index
+    leak: np.ndarray
+    orig_split: list
+    groups: list | None
+    group_kind: str | None
+    dropped: dict = field(default_factory=dict)
+    frame_index: list | None = None
+    unit: str = "row"  # "clip" once frames are grouped into clips for a video model
+
+
+def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool = True) -> Rows:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from features.images import BadImage, decode
+
+    names = pq.read_schema(path).names
+    cols = ["sample_id", "split", "orig_split", "label_id", "leak", "clip_id", "sequence", "frame_index"]
+    if decode_images:
+        cols.append("image")
+    t = pq.read_table(path, columns=[c for c in cols if c in names])
+    present = sorted(set(t.column("split").to_pylist()))
+    t = t.filter(pc.equal(t.column("split"), split))
+    if t.num_rows == 0:
+        raise EvalError(f"{path}: no rows with split={split!r} (it holds {present}); pass the test "
+                        "manifest (e.g. manifests/fer_test.parquet) or --split")
+    label_ids = t.column("label_id").to_numpy()
+    keep = np.array([mapping.to_model[i] is not None for i in label_ids], dtype=bool)
+    dropped = {}
+    if not keep.all():
+        dropped["excluded_classes"] = int((~keep).sum())
+        t = t.filter(keep)
+        label_ids = label_ids[keep]
+    targets = np.array([mapping.to_model[i] for i in label_ids], dtype=int)
+    group_kind, groups = None, None
+    for key in ("clip_id", "sequence"):
+        if key in t.column_names:
+            g = t.column(key).to_pylist()
+            if any(v is not None for v in g):
+                group_kind, groups = key, g
+                break
+    images = []
+    if decode_images:
+        bad = []
+        for i, b in enumerate(t.column("image").to_pylist()):
+            try:
+                images.append(decode(b)[0])
+            except BadImage as e:
+                bad.append((i, str(e)))
+        if bad:
+            raise EvalError(f"{path}: {len(bad)} test image(s) cannot be decoded (first: row {bad[0][0]}: "
+                            f"{bad[0][1]}); re-create the manifest with `pipeline ingest`")
+    frames = t.column("frame_index").to_pylist() if "frame_index" in t.column_names else None
+    return Rows(t.column("sample_id").to_pylist(), images, targets,
+                np.asarray(t.column("leak").to_pylist(), dtype=bool),
+                t.column("orig_split").to_pylist(), groups, group_kind, dropped, frames)
+
+
+def clip_rows(rows: Rows, frames: int) -> Rows:
+    """Frame rows -> one row per clip_id holding `frames` frames spread evenly over the clip
+    (short clips repeat frames), the sampling the trainer uses (train/data.py, AffectFusion).
+
+    A clip counts as leaked when any of its frames is; its sample_id is its first frame's, which
+    is how the trainer keys a clip's text features.
+    """
+    order: dict = {}
+    for i, c in enumerate(rows.groups):
+        order.setdefault(c, []).append(i)
+    fidx = rows.frame_index or [0] * len(rows.targets)
+    ids, images, targets, leak, orig = [], [], [], [], []
+    for c in sorted(order):
+        members = sorted(order[c], key=lambda i: fidx[i] if fidx[i] is not None else 0)
+        if len(set(rows.targets[members].tolist())) != 1:
+            raise EvalError(f"clip {c!r} has frames with different labels; a clip has one label")
+        pick = [members[k] for k in np.linspace(0, len(members) - 1, frames).round().astype(int)]
+        ids.append(rows.sample_ids[members[0]])
+        images.append([rows.images[i] for i in pick] if rows.images else None)
+        targets.append(int(rows.targets[members[0]]))
+        leak.append(bool(rows.leak[members].any()))
+        orig.append(rows.orig_split[members[0]])
+    return Rows(ids, images if rows.images else [], np.asarray(targets, dtype=int), np.asarray(leak, dtype=bool),
+                orig, None, None, rows.dropped | {"frames_per_clip": frames, "frame_rows": len(rows.targets)},
+                None, "clip")
+
+
+# ---- model outputs ------------------------------------------------------------------------------
+
+def _inputs(model, preprocess, images, idx):
+    if getattr(model, "input_kind", "image") != "clip":
+        return preprocess.apply([images[i] for i in idx])
+    if isinstance(images[idx[0]], list):  # whole clips (B, T, C, H, W)
+        t = len(images[idx[0]])
+        x = preprocess.apply([f for i in idx for f in images[i]])
+        return x.reshape(len(idx), t, *x.shape[1:])
+    return preprocess.apply([images[i] for i in idx])[:, None]  # frames without clip_id: 1-frame clips
+
+
+def _tta_views(x, mode: str, size):
+    import torch.nn.functional as F
+    from torchvision.transforms.v2 import functional as TF
+
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, x.flip(-1)]
+    big = [round(s * TENCROP_SCALE) for s in size]
+    flat = x.reshape(-1, *x.shape[-3:])
+    up = F.interpolate(flat, size=big, mode="bilinear", align_corners=False, antialias=True)
+    return [v.reshape(*x.shape[:-2], *size) for v in TF.ten_crop(up, list(size))]
+
+
+def model_logits(model, preprocess, rows: Rows, cfg: EvalConfig, tta: str,
+                 extra: dict | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Logits (N, C) for every row; TTA views are averaged in logit space."""
+    import torch
+
+    n = len(rows.targets)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, n, cfg.batch_size):
+            idx = list(range(start, min(n, start + cfg.batch_size)))
+            kw = {}
+            if extra and "text" in extra:
+                kw["text"] = torch.from_numpy(extra["text"][idx]).to(cfg.device)
+            if extra and "x" in extra:
+                views = [torch.from_numpy(extra["x"][idx])]
+            else:
+                views = _tta_views(_inputs(model, preprocess, rows.images, idx), tta, preprocess.size)
+            acc = None
+            for v in views:
+                lg = model(v.to(cfg.device), **kw)
+                lg = (lg["logits"] if isinstance(lg, dict) else lg).float()
+                acc = lg if acc is None else acc + lg
+            out.append((acc / len(views)).cpu().numpy())
+            if progress is not None:
+                progress(len(idx))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def model_features(model, preprocess, rows: Rows, idx: np.ndarray, cfg: EvalConfig,
+                   extra: dict | None = None) -> np.ndarray | None:
+    import torch
+
+    if not hasattr(model, "forward_features"):
+        return None
+    feats = []
+    with torch.inference_mode():
+        for start in range(0, len(idx), cfg.batch_size):
+            part = idx[start:start + cfg.batch_size].tolist()
+            kw = {}
+            if extra and "text" in extra:
+                kw["text"] = torch.from_numpy(extra["text"][part])
+            x = torch.from_numpy(extra["x"][part]) if extra and "x" in extra else \
+                _inputs(model, preprocess, rows.images, part)
+            f = model.forward_features(x.to(cfg.device), **kw)
+            feats.append(f.float().reshape(len(part), -1).cpu().numpy())
+    return np.concatenate(feats) if feats else None
+
+
+# ---- variants -----------------------------------------------------------------------------------
+
+def variants(rows: Rows) -> dict[str, np.ndarray]:
+    """Row masks for each honest subset that this manifest supports."""
+    n = len(rows.targets)
+    out = {"all": np.ones(n, dtype=bool)}
+    if rows.leak.any():
+        out["leak_free"] = ~rows.leak
+    private = np.array([s == "PrivateTest" for s in rows.orig_split], dtype=bool)
+    if private.any():
+        out["private_test"] = private
+        if rows.leak.any():
+            out["private_test_leak_free"] = private & ~rows.leak
+    return out
+
+
+def _scores(logits, targets, names, mapping: LabelMapping, groups=None) -> dict:
+    if groups is not None:
+        logits, targets, _ = group_average(logits, targets, groups)
+    raw_pred = logits.argmax(axis=1)
+    cols = list(mapping.scored)
+    remap = {j: k for k, j in enumerate(cols)}
+    s = score(logits[:, cols], np.array([remap[t] for t in targets]), [names[j] for j in cols]).as_dict()
+    if mapping.zero_shot:
+        # also the plain argmax over every model class: a predicted class the target set lacks
+        # (neutral on CK+) counts as wrong here, while the main numbers restrict to shared classes
+        s["war_unrestricted"] = float((raw_pred == targets).mean())
+    return s
+
+
+def evaluate(checkpoint: str | Path | None, manifest: str | Path, cfg: EvalConfig,
+             out_dir: str | Path | None = None,
+             progress: Callable[[int], None] | None = None) -> dict:
+    """Score `checkpoint` on `manifest`'s test rows; write report.json, report.md and plots."""
+    from features.manifest import ManifestError, open_manifest
+
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    try:
+        _, manifest_ls = open_manifest(manifest)
+    except ManifestError as e:
+        raise EvalError(str(e)) from None
+    try:
+        model, sidecar = load(checkpoint)
+    except PredictError as e:
+        raise EvalError(str(e)) from None
+    model = model.to(cfg.device).eval()
+    names = class_names_of(sidecar)
+    mapping = label_mapping(sidecar, manifest_ls, names, cfg.label_map)
+    kind = getattr(model, "input_kind", "image")
+    rows = read_rows(manifest, cfg.split, mapping, decode_images=kind != "feature")
+    if kind == "clip" and rows.group_kind == "clip_id" and all(g is not None for g in rows.groups):
+        rows = clip_rows(rows, int(getattr(model.config, "frames", 16)))
+    extra = _extra_inputs(model, rows, cfg)
+    preprocess = preprocess_of(sidecar) if kind != "feature" else None
+    if cfg.tta != "none" and kind == "feature":
+        raise EvalError("--tta needs images; this model takes precomputed embeddings")
+
+    logits = {"plain": model_logits(model, preprocess, rows, cfg, "none", extra, progress)}
+    if cfg.tta != "none":
+        logits[cfg.tta] = model_logits(model, preprocess, rows, cfg, cfg.tta, extra, progress)
+    report = {
+        "checkpoint": str(checkpoint) if checkpoint is not None else "shipped",
+        "manifest": str(manifest), "split": cfg.split, "config": _jsonable(asdict(cfg)),
+        "model": sidecar.get("model", {}).get("name"), "class_names": list(names),
+        # what the trainer recorded when it chose this checkpoint (on validation rows only)
+        "checkpoint_meta": {k: sidecar.get(k) for k in ("epoch", "selected_on", "metrics")},
+        "manifest_label_set": {"name": manifest_ls.name, "names": list(manifest_ls.names)},
+        "label_mapping": mapping.as_dict(manifest_ls, names),
+        "rows": {"unit": rows.unit, "scored": int(len(rows.targets)), "leaked": int(rows.leak.sum()),
+                 **rows.dropped},
+        "variants": {},
+    }
+    for vname, mask in variants(rows).items():
+        report["variants"][vname] = {mode: _scores(lg[mask], rows.targets[mask], names, mapping)
+                                     for mode, lg in logits.items()}
+    if rows.groups is not None:
+        report["variants"][f"per_{rows.group_kind}"] = {
+            mode: _scores(lg, rows.targets, names, mapping, rows.groups) for mode, lg in logits.items()}
+        report["rows"]["groups"] = len(set(g for g in rows.groups if g is not None))
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.plots:
+            report["plots"] = write_plots(out_dir, model, preprocess, rows, logits["plain"], names, mapping,
+                                          cfg, extra, checkpoint)
+        write_report(report, out_dir)
+    return report
+
+
+def _extra_inputs(model, rows: Rows, cfg: EvalConfig) -> dict | None:
+    from features.encoders import FeatureFileError, read_features
+
+    extra = {}
+    try:
+        if getattr(model, "input_kind", "image") == "feature":
+            if cfg.image_features is None:
+                raise EvalError("this model takes precomputed image embeddings: pass --image-features F "
+                                "(made by `pipeline embed` on this manifest)")
+            extra["x"] = read_features(cfg.image_features, rows.sample_ids)
+        if getattr(model, "needs_text", False):
+            if cfg.text_features is None:
+                raise EvalError("this model fuses caption text: pass --text-features F (made by "
+                                "`pipeline embed` on this manifest's captions)")
+            extra["text"] = read_features(cfg.text_features, rows.sample_ids)
+    except FeatureFileError as e:
+        raise EvalError(str(e)) from None
+    return extra or None
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+# ---- plots and report files ---------------------------------------------------------------------
+
+def write_plots(out_dir: Path, model, preprocess, rows: Rows, logits: np.ndarray, names, mapping,
+                cfg: EvalConfig, extra, checkpoint) -> dict:
+    from train import plots
+
+    cols = list(mapping.scored)
+    shown = [names[j] for j in cols]
+    remap = {j: k for k, j in enumerate(cols)}
+    targets = np.array([remap[t] for t in rows.targets])
+    probs = softmax(logits[:, cols])
+    s = score(logits[:, cols], targets, shown)
+    written = {
+        "confusion_counts": plots.confusion(s.confusion, shown, out_dir / "confusion_counts.png"),
+        "confusion_normalised": plots.confusion(s.confusion, shown, out_dir / "confusion_normalised.png",
+                                                normalise=True),
+        "roc": plots.roc(probs, targets, shown, out_dir / "roc.png"),
+        "pr": plots.pr(probs, targets, shown, out_dir / "pr.png"),
+        "reliability": plots.reliability(reliability_bins(probs, targets), s.ece, out_dir / "reliability.png"),
+    }
+    if len(targets) >= 5:
+        rng = np.random.default_rng(0)
+        idx = np.sort(rng.choice(len(targets), size=min(cfg.tsne_points, len(targets)), replace=False))
+        feats = model_features(model, preprocess, rows, idx, cfg, extra)
+        if feats is not None:
+            written["tsne"] = plots.tsne(feats, targets[idx], shown, out_dir / "tsne.png",
+                                         max_points=cfg.tsne_points)
+    log = _run_log(checkpoint)
+    if log is not None:
+        curve = plots.training_curves(plots.read_log(log), out_dir / "training_curves.png")
+        if curve is not None:
+            written["training_curves"] = curve
+    return {k: Path(v).name for k, v in written.items()}
+
+
+def _run_log(checkpoint) -> Path | None:
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint)
+    d = p if p.is_dir() else p.parent
+    log = d / "log.jsonl"
+    return log if log.is_file() else None

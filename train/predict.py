@@ -1,0 +1,281 @@
+"""`train predict`'s engine: inputs -> per-face records, Grad-CAM overlays, optional BLIP text.
+
+Inputs are image files, directories (searched recursively), video files or camera indices. A bad
+input becomes an error record with a message, and the rest of the batch goes on; the CLI turns
+the records into a table, JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from train.api import EmotionPredictor, FacePrediction, PredictError, load_image
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"})
+# The XAI seed's questions about the face (its BLIP-VQA step).
+VQA_QUESTIONS = ("What is the state of the mouth?", "What is the state of the eyes?",
+                 "What are the eyebrows doing?", "What is the facial expression?")
+CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+VQA_MODEL = "Salesforce/blip-vqa-base"
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # image | video | camera
+    ref: str | int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image or video frame: its faces, or why there are none."""
+
+    source: str
+    status: str  # ok | no_face | error
+    message: str = ""
+    frame: int | None = None
+    faces: tuple[FacePrediction, ...] = ()
+    gradcam: tuple[str, ...] = ()
+    description: tuple[dict, ...] = ()  # per face: {"caption": ..., "vqa": {question: answer}}
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    top_k: int = 3
+    gradcam_dir: Path | None = None
+    window: int = 16
+    out_video: Path | None = None
+    describe: bool = False
+    caption_model: str = CAPTION_MODEL
+    vqa_model: str = VQA_MODEL
+    max_frames: int | None = None
+    batch_files: int = 32
+
+
+def collect(inputs: Sequence[str | int | Path]) -> tuple[list[Source], list[Record]]:
+    """Expand inputs into sources; missing paths and empty folders become error records."""
+    sources, errors = [], []
+    for item in inputs:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit() and not Path(item).exists()):
+            sources.append(Source("camera", int(item)))
+            continue
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            if not files:
+                errors.append(Record(str(p), "error", "folder holds no image or video files "
+                                     f"({', '.join(sorted(IMAGE_EXTS))}, ...)"))
+            sources.extend(_source_of(q) for q in files)
+        elif p.is_file():
+            sources.append(_source_of(p))
+        else:
+            errors.append(Record(str(p), "error", "no such file or folder"))
+    return sources, errors
+
+
+def _source_of(p: Path) -> Source:
+    return Source("video" if p.suffix.lower() in VIDEO_EXTS else "image", str(p))
+
+
+def predict_images(predictor: EmotionPredictor, paths: Sequence[str], cfg: PredictConfig,
+                   describer=None, progress: Callable[[int], None] | None = None) -> list[Record]:
+    """Images in chunks: each file is read and searched for faces on its own (so one bad file
+    costs only its own record), then the chunk's faces go through the model as one batch."""
+    out: list[Record] = []
+    for start in range(0, len(paths), cfg.batch_files):
+        chunk = paths[start:start + cfg.batch_files]
+        loaded = []
+        for path in chunk:
+            try:
+                img = load_image(path)
+                loaded.append((path, img, predictor.faces(img), None))
+            except PredictError as e:
+                loaded.append((path, None, [], str(e)))
+        crops = [f.crop for _, _, faces, _ in loaded for f in faces]
+        logits = predictor.logits(crops)
+        described = iter(zip(logits, predictor.describe_logits(logits, cfg.top_k)))
+        for path, img, faces, err in loaded:
+            if err is not None:
+                out.append(Record(str(path), "error", err))
+            elif not faces:
+                out.append(Record(str(path), "no_face", f"no face found (detector {predictor.detector}); "
+                                  "try --detector none if the image is already a face crop"))
+            else:
+                preds = []
+                for f in faces:
+                    lg, (label, prob, topk) = next(described)
+                    preds.append(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg))))
+                cams = save_gradcams(predictor, faces, preds, Path(path).stem, cfg.gradcam_dir) \
+                    if cfg.gradcam_dir else ()
+                text = tuple(describer(f.crop) for f in faces) if describer else ()
+                out.append(Record(str(path), "ok", "", None, tuple(preds), cams, text))
+            if progress is not None:
+                progress(1)
+    return out
+
+
+def save_gradcams(predictor: EmotionPredictor, faces, preds, stem: str, out_dir: Path,
+                  frame: int | None = None) -> tuple[str, ...]:
+    """One overlay PNG per face, explaining the predicted class on the face crop."""
+    from features.images import encode
+    from train.gradcam import NoCamLayer, grad_cam, overlay
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (f, p) in enumerate(zip(faces, preds)):
+        x = predictor.inputs([f.crop]).to(predictor.device)
+        try:
+            cam, _ = grad_cam(predictor.model, x, target=predictor.class_names.index(p.label))
+        except NoCamLayer as e:
+            raise PredictError(f"--gradcam: {e}") from None
+        tag = f"_f{frame:06d}" if frame is not None else ""
+        path = out_dir / f"{stem}{tag}_face{i}_{p.label}.png"
+        path.write_bytes(encode(overlay(f.crop, cam)))
+        written.append(str(path))
+    return tuple(written)
+
+
+def predict_video(predictor: EmotionPredictor, source: Source, cfg: PredictConfig,
+                  progress: Callable[[int], None] | None = None) -> list[Record]:
+    from train.video import predict_stream
+
+    name = f"camera:{source.ref}" if source.kind == "camera" else str(source.ref)
+    try:
+        frames = predict_stream(predictor, source.ref, window=cfg.window, k=cfg.top_k,
+                                out_video=cfg.out_video, max_frames=cfg.max_frames, progress=progress)
+    except PredictError as e:
+        return [Record(name, "error", str(e))]
+    return [Record(name, "ok" if fr.faces else "no_face", "" if fr.faces else "no face in this frame",
+                   fr.frame, fr.faces) for fr in frames]
+
+
+def run(predictor: EmotionPredictor, inputs: Sequence[str | int | Path], cfg: PredictConfig,
+        progress: Callable[[int], None] | None = None) -> list[Record]:
+    sources, records = collect(inputs)
+    describer = Describer(cfg.caption_model, cfg.vqa_model, predictor.device) if cfg.describe else None
+    streams = [s for s in sources if s.kind != "image"]
+    if cfg.out_video is not None and len(streams) > 1:
+        raise PredictError("--out-video takes one video or camera input; got "
+                           f"{len(streams)} ({', '.join(str(s.ref) for s in streams)})")
+    images = [str(s.ref) for s in sources if s.kind == "image"]
+    records += predict_images(predictor, images, cfg, describer, progress)
+    for s in streams:
+        records += predict_video(predictor, s, cfg, progress)
+    return records
+
+
+# ---- optional description: BLIP caption + BLIP-VQA --------------------------------------------
+
+class Describer:
+    """BLIP caption and VQA answers for a face crop, from local weights only.
+
+    Loaded through transformers here (not the pipeline's caption stage: `train` never imports
+    `pipeline`); weights resolve through features.hub, which never downloads.
+    """
+
+    def __init__(self, caption_model: str = CAPTION_MODEL, vqa_model: str = VQA_MODEL,
+                 device: str = "cpu", questions: Sequence[str] = VQA_QUESTIONS, max_new_tokens: int = 30):
+        from features.hub import WeightsNotFound, resolve
+
+        try:
+            self.cap_path = resolve(caption_model, "BLIP caption model (--describe)")
+            self.vqa_path = resolve(vqa_model, "BLIP-VQA model (--describe)")
+        except WeightsNotFound as e:
+            raise PredictError(f"--describe needs BLIP weights: {e}") from None
+        from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
+
+        self.device = device
+        self.questions = tuple(questions)
+        self.max_new_tokens = max_new_tokens
+        self.cap_proc = BlipProcessor.from_pretrained(self.cap_path)
+        self.cap_model = BlipForConditionalGeneration.from_pretrained(self.cap_path).eval().to(device)
+        self.vqa_proc = BlipProcessor.from_pretrained(self.vqa_path)
+        self.vqa_model = BlipForQuestionAnswering.from_pretrained(self.vqa_path).eval().to(device)
+
+    def __call__(self, crop: np.ndarray) -> dict:
+        import torch
+        from PIL import Image
+
+        from features.images import to_rgb
+
+        im = Image.fromarray(to_rgb(crop))
+        with torch.inference_mode():
+            inp = self.cap_proc(images=im, return_tensors="pt").to(self.device)
+            ids = self.cap_model.generate(**inp, max_new_tokens=self.max_new_tokens)
+            caption = self.cap_proc.decode(ids[0], skip_special_tokens=True).strip()
+            inp = self.vqa_proc(images=[im] * len(self.questions), text=list(self.questions),
+                                return_tensors="pt", padding=True).to(self.device)
+            ids = self.vqa_model.generate(**inp, max_new_tokens=10)
+            answers = [self.vqa_proc.decode(a, skip_special_tokens=True).strip() for a in ids]
+        return {"caption": caption, "vqa": dict(zip(self.questions, answers))}
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+def to_rows(records: Sequence[Record]) -> list[dict]:
+    """One flat row per face (or per face-less / failed input): what CSV and the table show."""
+    rows = []
+    for r in records:
+        base = {"source": r.source, "frame": r.frame, "status": r.status, "message": r.message}
+        if not r.faces:
+            rows.append(base | {"face": None, "label": None, "prob": None, "box": None, "topk": None})
+        for i, f in enumerate(r.faces):
+            row = base | {"face": i, "label": f.label, "prob": round(f.prob, 4), "box": list(f.box),
+                          "topk": [[lab, round(p, 4)] for lab, p in f.topk]}
+            if r.gradcam:
+                row["gradcam"] = r.gradcam[i]
+            if r.description:
+                row["caption"] = r.description[i]["caption"]
+                row["vqa"] = r.description[i]["vqa"]
+            rows.append(row)
+    return rows
+
+
+def to_json(records: Sequence[Record]) -> str:
+    def rec(r: Record) -> dict:
+        d = asdict(r)
+        for f in d["faces"]:
+            f.pop("logits", None)
+        return d
+
+    return json.dumps([rec(r) for r in records], indent=2)
+
+
+def to_csv(records: Sequence[Record]) -> str:
+    rows = to_rows(records)
+    cols = ["source", "frame", "status", "face", "label", "prob", "box", "topk", "message"]
+    extra = [c for c in ("gradcam", "caption", "vqa") if any(c in r for r in rows)]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols + extra, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(r.get(k)) for k in cols + extra})
+    return buf.getvalue()
+
+
+def _cell(v):
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        if v and isinstance(v[0], list):
+            return " ".join(f"{a}:{b}" for a, b in v)
+        return " ".join(str(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return v
+
+
+def summary(records: Sequence[Record]) -> dict:
+    faces = sum(len(r.faces) for r in records)
+    return {"inputs": len(records), "faces": faces,
+            "no_face": sum(r.status == "no_face" for r in records),
+            "errors": sum(r.status == "error" for r in records)}
+

@@ -1,0 +1,157 @@
+"""Video files and cameras: per-frame faces, logits smoothed over a moving window, an annotated video.
+
+The smoothing is the AffectFusion seed's live demo: keep the last N frames' logits and classify
+their mean. With several faces in view, each face keeps its own window; a face is followed from
+frame to frame by box overlap (greedy IoU matching), which is enough for a webcam and keeps the
+module free of a tracker dependency.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from train.api import EmotionPredictor, FacePrediction, PredictError
+
+IOU_MATCH = 0.3
+FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    frame: int
+    time_s: float
+    faces: tuple[FacePrediction, ...]  # smoothed over the window, largest first
+    track_ids: tuple[int, ...]
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Smoother:
+    """Per-track windows of logits; `update` returns each face's smoothed logits and track id."""
+
+    def __init__(self, window: int):
+        if window < 1:
+            raise PredictError(f"--window must be >= 1 frame, got {window}")
+        self.window = window
+        self.tracks: dict[int, dict] = {}
+        self._next = 0
+
+    def update(self, boxes, logits: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+        free = set(self.tracks)
+        ids = []
+        for box in boxes:
+            best = max(free, key=lambda t: iou(box, self.tracks[t]["box"]), default=None)
+            if best is None or iou(box, self.tracks[best]["box"]) < IOU_MATCH:
+                best = self._next
+                self._next += 1
+                self.tracks[best] = {"box": box, "logits": deque(maxlen=self.window)}
+            else:
+                free.discard(best)
+            ids.append(best)
+        for t in free:  # a face that left the view starts over when it comes back
+            del self.tracks[t]
+        out = []
+        for box, lg, t in zip(boxes, logits, ids):
+            self.tracks[t]["box"] = box
+            self.tracks[t]["logits"].append(np.asarray(lg, dtype=np.float64))
+            out.append(np.mean(self.tracks[t]["logits"], axis=0))
+        return out, ids
+
+
+def open_capture(source: str | int | Path):
+    import cv2
+
+    cap = cv2.VideoCapture(int(source) if isinstance(source, int) else str(source))
+    if not cap.isOpened():
+        cap.release()
+        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
+        raise PredictError(f"cannot open {what}: OpenCV could not read it (missing, not a video, or "
+                           "a codec this OpenCV build lacks); check the path or camera index")
+    return cap
+
+
+def annotate(frame_rgb: np.ndarray, faces, ids) -> np.ndarray:
+    """Boxes and 'label prob' on a copy of the frame (RGB in, RGB out)."""
+    import cv2
+
+    img = np.ascontiguousarray(frame_rgb.copy())
+    for f, t in zip(faces, ids):
+        x, y, w, h = f.box
+        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 220, 0), 2)
+        text = f"#{t} {f.label} {f.prob:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        top = max(0, y - th - base - 4)
+        # a filled label box: text straight on the frame is unreadable over hair or background
+        cv2.rectangle(img, (x, top), (x + tw + 4, top + th + base + 4), (0, 220, 0), -1)
+        cv2.putText(img, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return img
+
+
+def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, window: int = 16,
+                   k: int = 3, out_video: str | Path | None = None, max_frames: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[FrameResult]:
+    """Every frame of a video file or camera -> smoothed predictions; optionally an annotated video."""
+    import cv2
+
+    smoother = Smoother(window)
+    cap = open_capture(source)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    fps = fps if fps > 0 else 25.0  # cameras often report 0
+    writer = None
+    results: list[FrameResult] = []
+    try:
+        while max_frames is None or len(results) < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            faces = predictor.faces(rgb)
+            raw = predictor.logits([f.crop for f in faces])
+            smoothed, ids = smoother.update([f.box for f in faces], raw)
+            smoothed = np.asarray(smoothed).reshape(len(faces), len(predictor.class_names))
+            described = predictor.describe_logits(smoothed, k)
+            preds = tuple(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg)))
+                          for f, lg, (label, prob, topk) in zip(faces, smoothed, described))
+            n = len(results)
+            results.append(FrameResult(n, n / fps, preds, tuple(ids)))
+            if out_video is not None:
+                if writer is None:
+                    writer = _writer(out_video, fps, rgb.shape[1], rgb.shape[0])
+                writer.write(cv2.cvtColor(annotate(rgb, preds, ids), cv2.COLOR_RGB2BGR))
+            if progress is not None:
+                progress(1)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if not results:
+        raise PredictError(f"{source}: opened, but no frame could be read from it")
+    return results
+
+
+def _writer(path: str | Path, fps: float, width: int, height: int):
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = FOURCCS.get(path.suffix.lower())
+    if fourcc is None:
+        raise PredictError(f"--out-video {path}: use a .mp4 (mp4v) or .avi (MJPG) file name")
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not w.isOpened():
+        raise PredictError(f"cannot write video {path} with codec {fourcc}")
+    return w
