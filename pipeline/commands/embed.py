@@ -1,0 +1,45 @@
+"""`pipeline embed`: frozen-encoder features (captions or images) -> a feature file keyed by sample_id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def command(
+    in_path: Annotated[Path, typer.Option("--in", help="Input manifest (captioned, for text encoders).")],
+    out: Annotated[Path, typer.Option("--out", help="Feature file to write (Parquet).")],
+    encoder: Annotated[str, typer.Option("--encoder", help="minilm | distilbert (caption text); "
+                                         "clip | resnet18 (images).")] = "distilbert",
+    weights: Annotated[str | None, typer.Option("--weights", help="Local folder/file or HF id in the cache; "
+                                                "default: the encoder's own.")] = None,
+    tokens: Annotated[bool, typer.Option("--tokens/--no-tokens", help="Also store the token sequence + mask "
+                                         "(text encoders, for attention fusion).")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 | float32 storage.")] = "float16",
+    max_length: Annotated[int, typer.Option("--max-length", min=2, help="Tokens kept per caption.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    shard: Annotated[str | None, typer.Option("--shard", help="i/N: this machine's slice (0-based).")] = None,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Finished batches (default OUT.work/).")] = None,
+    clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")]
+    = False,
+) -> None:
+    """Embed captions (minilm, distilbert) or images (clip, resnet18) with a frozen encoder."""
+    from rich.console import Console
+
+    from features.manifest import ManifestError
+    from pipeline.embed import EmbedConfig, EmbedStage, check_input
+    from pipeline.runner import RunConfig, cli_run, parse_shard
+
+    console = Console(stderr=True)
+    try:
+        cfg = EmbedConfig(encoder=encoder, weights=weights, tokens=tokens, dtype=dtype, max_length=max_length)
+        run_cfg = RunConfig(batch_size=batch_size, shard=parse_shard(shard), work_dir=work_dir, device=device,
+                            keep_work=not clean)
+        check_input(in_path, cfg)
+    except (ManifestError, ValueError, KeyError) as e:
+        console.print(f"[red]pipeline embed: {e.args[0] if isinstance(e, KeyError) else e}")
+        raise typer.Exit(2) from None
+    cli_run(EmbedStage(cfg, source=str(in_path)), in_path, out, run_cfg)
