@@ -147,3 +147,21 @@ def test_cli_executor_ray_matches_local(tmp_path, local_ray):
     assert _rows(tmp_path / "ray.parquet") == _rows(tmp_path / "local.parquet")
     res = r.invoke(app, base + ["--out", str(tmp_path / "x.parquet"), "--executor", "spark"])
     assert res.exit_code == 2 and "local or ray" in res.output
+
+
+def test_ray_embed_minilm_equals_local(tmp_path, local_ray):
+    """A model-backed stage writing a feature file (the real offline MiniLM) on an actor pool."""
+    from tiny_models import write_face_manifest
+
+    from pipeline.embed import EmbedConfig, EmbedStage
+
+    caps = ["a man with an open mouth", "a woman smiling", "a child with raised eyebrows"]
+    src = write_face_manifest(tmp_path / "in.parquet", n=12, captions=caps)
+    cfg = EmbedConfig(encoder="minilm")
+    run_stage(EmbedStage(cfg, source=str(src)), src, tmp_path / "local.parquet", RunConfig(batch_size=4))
+    rc = RunConfig(batch_size=4, executor="ray", ray=RayConfig(concurrency=2))
+    rep = run_stage(EmbedStage(cfg, source=str(src)), src, tmp_path / "ray.parquet", rc)
+    assert rep.computed_rows == 0
+    a, b = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
+    assert a.column("sample_id").to_pylist() == b.column("sample_id").to_pylist()
+    assert a.column("vector").to_pylist() == b.column("vector").to_pylist()

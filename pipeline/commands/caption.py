@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.commands import _options as _o
+
 _MODEL = "Salesforce/blip-image-captioning-base"
 _VQA_MODEL = "Salesforce/blip-vqa-base"
 
@@ -42,20 +44,29 @@ def command(
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Finished batches (default OUT.work/).")] = None,
     clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")]
     = False,
+    executor: _o.Executor = "local",
+    ray_address: _o.RayAddress = None,
+    concurrency: _o.Concurrency = 2,
+    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
 ) -> None:
     """Caption every face from its pixels alone, and report per class how often captions name an emotion."""
     from rich.console import Console
 
     from pipeline.caption import DEFAULT_QUESTIONS, CaptionConfig, CaptionError, CaptionStage, format_report
-    from pipeline.runner import RunConfig, cli_run, parse_shard
+    from pipeline.runner import RayConfig, RunConfig, cli_run, parse_shard
 
     console = Console(stderr=True)
+    if executor not in ("local", "ray"):
+        console.print(f"[red]pipeline caption: --executor {executor!r}: use local or ray")
+        raise typer.Exit(2)
     try:
         cfg = CaptionConfig(model=model, beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                             vqa=vqa, vqa_model=vqa_model, questions=parse_questions(questions) or DEFAULT_QUESTIONS,
                             vqa_max_new_tokens=vqa_max_new_tokens, dtype=dtype)
         run_cfg = RunConfig(batch_size=batch_size, shard=parse_shard(shard), work_dir=work_dir, device=device,
-                            keep_work=not clean)
+                            keep_work=not clean,
+                            executor=executor, ray=RayConfig(address=ray_address, concurrency=concurrency,
+                                                             num_gpus_per_worker=num_gpus_per_worker))
     except (CaptionError, ValueError, OSError) as e:
         console.print(f"[red]pipeline caption: {e}")
         raise typer.Exit(2) from None

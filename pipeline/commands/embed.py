@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pipeline.commands import _options as _o
+
 
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (captioned, for text encoders).")],
@@ -25,19 +27,28 @@ def command(
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Finished batches (default OUT.work/).")] = None,
     clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")]
     = False,
+    executor: _o.Executor = "local",
+    ray_address: _o.RayAddress = None,
+    concurrency: _o.Concurrency = 2,
+    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
 ) -> None:
     """Embed captions (minilm, distilbert) or images (clip, resnet18) with a frozen encoder."""
     from rich.console import Console
 
     from features.manifest import ManifestError
     from pipeline.embed import EmbedConfig, EmbedStage, check_input
-    from pipeline.runner import RunConfig, cli_run, parse_shard
+    from pipeline.runner import RayConfig, RunConfig, cli_run, parse_shard
 
     console = Console(stderr=True)
+    if executor not in ("local", "ray"):
+        console.print(f"[red]pipeline embed: --executor {executor!r}: use local or ray")
+        raise typer.Exit(2)
     try:
         cfg = EmbedConfig(encoder=encoder, weights=weights, tokens=tokens, dtype=dtype, max_length=max_length)
         run_cfg = RunConfig(batch_size=batch_size, shard=parse_shard(shard), work_dir=work_dir, device=device,
-                            keep_work=not clean)
+                            keep_work=not clean,
+                            executor=executor, ray=RayConfig(address=ray_address, concurrency=concurrency,
+                                                             num_gpus_per_worker=num_gpus_per_worker))
         check_input(in_path, cfg)
     except (ManifestError, ValueError, KeyError) as e:
         console.print(f"[red]pipeline embed: {e.args[0] if isinstance(e, KeyError) else e}")
