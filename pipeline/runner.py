@@ -546,11 +546,21 @@ def oom_retry(fn: Callable[[Any], Any], items: Any, min_size: int = 1) -> Any:
         half = n // 2
         a = oom_retry(fn, items[:half], min_size)
         b = oom_retry(fn, items[half:], min_size)
-        if isinstance(a, torch.Tensor):
-            return torch.cat([a, b])
-        if isinstance(a, tuple):
-            return tuple(x + y for x, y in zip(a, b))
-        return a + b
+        return _join(a, b)
+
+
+def _join(a: Any, b: Any) -> Any:
+    """Concatenate two halves' results: tensors and arrays along dim 0, lists, tuples per item."""
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, np.ndarray):  # `+` would add elementwise
+        return np.concatenate([a, b])
+    if isinstance(a, tuple):
+        return tuple(_join(x, y) for x, y in zip(a, b))
+    return list(a) + list(b)
 
 
 # --------------------------------------------------------------------------- image helpers

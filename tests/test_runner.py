@@ -264,3 +264,16 @@ def test_oom_retry_halves_the_batch():
     assert max(s for s in sizes[1:]) <= 4 and sizes[0] == 7
     with pytest.raises(torch.cuda.OutOfMemoryError):
         oom_retry(lambda x: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")), [1, 2, 3, 4], min_size=4)
+
+
+def test_oom_retry_joins_arrays_and_tuples():
+    import torch
+
+    def fn(x):
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("fake")
+        return np.asarray(x) * 10, [str(v) for v in x]
+
+    arr, names = oom_retry(fn, [1, 2, 3, 4, 5])
+    assert arr.tolist() == [10, 20, 30, 40, 50]  # concatenated, not added elementwise
+    assert names == ["1", "2", "3", "4", "5"]
