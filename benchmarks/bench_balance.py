@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013")
     ap.add_argument("--method", default="borderline", choices=["borderline", "smote", "random"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="print the full report as JSON")
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                    help="the full report as JSON: alone, printed; with PATH, written there")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_balance_") as tmp:
@@ -88,7 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     for m in rep["shortfalls"]:
         print("warning:", m)
     if args.json:
-        print(json.dumps(rep | {"total_seconds": total, "peak_rss_mb": peak_mb}, indent=2))
+        text = json.dumps(rep | {"total_seconds": total, "peak_rss_mb": peak_mb}, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(text)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ time of the DuckDB class-count query over the three manifests (target <= 0.1 s).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="folder with train.parquet / test.parquet")
     ap.add_argument("--workers", type=int, default=0, help="decoding processes (0 = auto)")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each query (median reported)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     if not (args.data / "train.parquet").exists():
         print(f"no {args.data}/train.parquet: point --data at the shared FER2013 folder", file=sys.stderr)
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(t.num_rows for t in result.tables.values())
         print(f"ingest: {n:,} images in {t2 - t0:.1f} s ({n / (t2 - t0):,.0f} images/s; "
               f"read+decode+split {t1 - t0:.1f} s, write {t2 - t1:.1f} s; workers={args.workers or 'auto'})")
+        res = {"images": n, "seconds": round(t2 - t0, 2), "images_per_s": round(n / (t2 - t0), 1),
+               "read_decode_split_s": round(t1 - t0, 2), "write_s": round(t2 - t1, 2),
+               "workers": args.workers or "auto", "query_median_s": {}}
         paths = [str(p) for p in written.values()]
         for name, fn in (("class-count query", lambda: class_counts(paths, "7", ("split", "orig_split"))),
                          ("duplicate summary", lambda: duplicate_summary(paths))):
@@ -48,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 s = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - s)
+            res["query_median_s"][name] = round(statistics.median(times), 4)
             print(f"{name}: median {statistics.median(times):.3f} s over {args.repeat} runs "
                   f"(min {min(times):.3f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2))
     return 0
 
 
