@@ -113,11 +113,14 @@ class EmbedStage:
             raise StageError("the manifest has no caption column; run `pipeline caption` first")
         texts, keep, rejects = [], [], []
         for k, cap in enumerate(batch.column("caption").to_pylist()):
-            if cap is None or not cap.strip():
+            # None = the caption stage never ran on this row (e.g. a SMOTE row added later): reject.
+            # A blank caption is the captioner's real answer ("nothing to say"): embed it as
+            # text, so a fusion model still gets every row and learns what "no text" means.
+            if cap is None:
                 rejects.append({"sample_id": ids[k], "source_path": srcs[k],
                                 "reason": "embed: no caption (run `pipeline caption` on this row)"})
             else:
-                texts.append(cap)
+                texts.append(cap.strip())
                 keep.append(k)
         return texts, keep, rejects
 

@@ -104,15 +104,15 @@ def test_text_encoder_needs_captions(tmp_path):
 
 def test_rows_without_captions_are_rejected_not_dropped_silently(tmp_path):
     rows = face_rows(4, captions=CAPTIONS)
-    rows[1]["caption"] = None
-    rows[2]["caption"] = "  "
+    rows[1]["caption"] = None  # never captioned: rejected
+    rows[2]["caption"] = "  "  # the captioner said nothing: embedded as empty text
     src = write_face_manifest(tmp_path / "m.parquet", rows=rows)
     out = tmp_path / "o.parquet"
     res = _embed("--in", src, "--out", out, "--encoder", "minilm")
     assert res.exit_code == 0, res.output
-    assert pq.read_table(out).num_rows == 2
+    assert pq.read_table(out).num_rows == 3
     rejects = [json.loads(line) for line in (tmp_path / "o.rejects.jsonl").read_text().splitlines()]
-    assert sorted(r["sample_id"] for r in rejects) == sorted([rows[1]["sample_id"], rows[2]["sample_id"]])
+    assert [r["sample_id"] for r in rejects] == [rows[1]["sample_id"]]
     assert all("no caption" in r["reason"] for r in rejects)
     with pytest.raises(E.FeatureFileError, match="lacks 1 of the 1 rows"):
         E.read_features(out, [rows[1]["sample_id"]])
