@@ -232,9 +232,8 @@ class EnhanceStage:
         return s
 
     def setup(self) -> None:
-        import torch
-
-        torch.set_grad_enabled(False)
+        # no global torch.set_grad_enabled(False) here: it leaks into the caller's process (it
+        # broke every later backward pass in the test run); enhance_arrays runs in inference_mode
         for role, (kind, _) in (("sr", self._sr), ("color", self._color)):
             if role in self._files and role not in self._models:
                 self._models[role] = load_model(Path(self._files[role]["path"]), kind, self.device)

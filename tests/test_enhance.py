@@ -171,3 +171,13 @@ def test_stage_pickles_without_its_models(tiny_swinir):
     assert "sr" in stage._models
     clone = pickle.loads(pickle.dumps(stage))
     assert clone._models == {} and clone.settings() == stage.settings()
+
+
+def test_setup_leaves_grad_mode_alone():
+    """A stage runs inside the user's process (and the test run): it must not switch autograd off."""
+    import torch
+
+    from pipeline.enhance import EnhanceStage
+
+    EnhanceStage(sr="bicubic", color="gray2rgb").setup()
+    assert torch.is_grad_enabled()
