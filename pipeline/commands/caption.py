@@ -38,12 +38,11 @@ def command(
     vqa_max_new_tokens: Annotated[int, typer.Option("--vqa-max-new-tokens", min=1)] = 10,
     dtype: Annotated[str, typer.Option("--dtype", help="Autocast: auto (bf16 on CPU and GPU), bf16, fp16, "
                                        "fp32.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    shard: Annotated[str | None, typer.Option("--shard", help="i/N: this machine's slice (0-based).")] = None,
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Finished batches (default OUT.work/).")] = None,
-    clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")]
-    = False,
+    batch_size: _o.BatchSize = 16,
+    device: _o.Device = "auto",
+    shard: _o.Shard = None,
+    work_dir: _o.WorkDir = None,
+    clean: _o.Clean = False,
     executor: _o.Executor = "local",
     ray_address: _o.RayAddress = None,
     concurrency: _o.Concurrency = 2,
@@ -53,20 +52,15 @@ def command(
     from rich.console import Console
 
     from pipeline.caption import DEFAULT_QUESTIONS, CaptionConfig, CaptionError, CaptionStage, format_report
-    from pipeline.runner import RayConfig, RunConfig, cli_run, parse_shard
+    from pipeline.runner import cli_run, make_config
 
     console = Console(stderr=True)
-    if executor not in ("local", "ray"):
-        console.print(f"[red]pipeline caption: --executor {executor!r}: use local or ray")
-        raise typer.Exit(2)
+    run_cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
+                          num_gpus_per_worker)
     try:
         cfg = CaptionConfig(model=model, beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                             vqa=vqa, vqa_model=vqa_model, questions=parse_questions(questions) or DEFAULT_QUESTIONS,
                             vqa_max_new_tokens=vqa_max_new_tokens, dtype=dtype)
-        run_cfg = RunConfig(batch_size=batch_size, shard=parse_shard(shard), work_dir=work_dir, device=device,
-                            keep_work=not clean,
-                            executor=executor, ray=RayConfig(address=ray_address, concurrency=concurrency,
-                                                             num_gpus_per_worker=num_gpus_per_worker))
     except (CaptionError, ValueError, OSError) as e:
         console.print(f"[red]pipeline caption: {e}")
         raise typer.Exit(2) from None

@@ -21,12 +21,11 @@ def command(
                                          "(text encoders, for attention fusion).")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="float16 | float32 storage.")] = "float16",
     max_length: Annotated[int, typer.Option("--max-length", min=2, help="Tokens kept per caption.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    shard: Annotated[str | None, typer.Option("--shard", help="i/N: this machine's slice (0-based).")] = None,
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Finished batches (default OUT.work/).")] = None,
-    clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")]
-    = False,
+    batch_size: _o.BatchSize = 64,
+    device: _o.Device = "auto",
+    shard: _o.Shard = None,
+    work_dir: _o.WorkDir = None,
+    clean: _o.Clean = False,
     executor: _o.Executor = "local",
     ray_address: _o.RayAddress = None,
     concurrency: _o.Concurrency = 2,
@@ -37,18 +36,13 @@ def command(
 
     from features.manifest import ManifestError
     from pipeline.embed import EmbedConfig, EmbedStage, check_input
-    from pipeline.runner import RayConfig, RunConfig, cli_run, parse_shard
+    from pipeline.runner import cli_run, make_config
 
     console = Console(stderr=True)
-    if executor not in ("local", "ray"):
-        console.print(f"[red]pipeline embed: --executor {executor!r}: use local or ray")
-        raise typer.Exit(2)
+    run_cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
+                          num_gpus_per_worker)
     try:
         cfg = EmbedConfig(encoder=encoder, weights=weights, tokens=tokens, dtype=dtype, max_length=max_length)
-        run_cfg = RunConfig(batch_size=batch_size, shard=parse_shard(shard), work_dir=work_dir, device=device,
-                            keep_work=not clean,
-                            executor=executor, ray=RayConfig(address=ray_address, concurrency=concurrency,
-                                                             num_gpus_per_worker=num_gpus_per_worker))
         check_input(in_path, cfg)
     except (ManifestError, ValueError, KeyError) as e:
         console.print(f"[red]pipeline embed: {e.args[0] if isinstance(e, KeyError) else e}")

@@ -23,12 +23,11 @@ def command(
     align: Annotated[bool, typer.Option("--align/--no-align", help="Level the eyes when landmarks are found.")] = True,
     no_face: Annotated[str, typer.Option("--no-face", help="drop: rows without a face go to the rejects "
                                          "report only; keep: also keep them uncropped (face_count 0).")] = "drop",
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (retinaface).")] = "auto",
-    shard: Annotated[str | None, typer.Option(help="i/N: run the i-th of N deterministic slices (0-based).")] = None,
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where finished batches are kept "
-                                                  "(default OUT.work/); a re-run reuses them.")] = None,
-    clean: Annotated[bool, typer.Option("--clean", help="Delete the finished batches after a successful run.")] = False,
+    batch_size: _o.BatchSize = 32,
+    device: _o.Device = "auto",
+    shard: _o.Shard = None,
+    work_dir: _o.WorkDir = None,
+    clean: _o.Clean = False,
     executor: _o.Executor = "local",
     ray_address: _o.RayAddress = None,
     concurrency: _o.Concurrency = 2,
