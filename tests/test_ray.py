@@ -165,3 +165,29 @@ def test_ray_embed_minilm_equals_local(tmp_path, local_ray):
     a, b = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
     assert a.column("sample_id").to_pylist() == b.column("sample_id").to_pylist()
     assert a.column("vector").to_pylist() == b.column("vector").to_pylist()
+
+
+def test_ray_faces_and_caption_equal_local(tmp_path, local_ray):
+    """The two remaining row-to-row stages: Haar face crops (a real photo) and BLIP captions."""
+    from skimage.data import astronaut
+    from tiny_models import face_rows, tiny_blip_captioner, write_face_manifest
+
+    from features.images import encode, pixel_hash
+    from pipeline.caption import CaptionConfig, CaptionStage
+    from pipeline.faces import FaceStage
+
+    rows = face_rows(6)
+    photo = astronaut()
+    rows[0].update(image=encode(photo), width=photo.shape[1], height=photo.shape[0], channels=3,
+                   pixel_hash=pixel_hash(photo))
+    src = write_face_manifest(tmp_path / "in.parquet", rows=rows)
+    rc = RunConfig(batch_size=2, executor="ray", ray=RayConfig(concurrency=2))
+    for name, stage in (("faces", FaceStage(size=64)),
+                        ("caption", CaptionStage(CaptionConfig(model=str(tiny_blip_captioner(tmp_path / "blip")),
+                                                               max_new_tokens=4, dtype="fp32")))):
+        run_stage(stage, src, tmp_path / f"{name}_local.parquet", RunConfig(batch_size=2))
+        rep = run_stage(stage, src, tmp_path / f"{name}_ray.parquet", rc)
+        assert rep.computed_rows == 0, name
+        a, b = pq.read_table(tmp_path / f"{name}_local.parquet"), pq.read_table(tmp_path / f"{name}_ray.parquet")
+        assert a.equals(b), name
+    assert pq.read_table(tmp_path / "faces_ray.parquet").num_rows == 1  # only the photo has a face
