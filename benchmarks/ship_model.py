@@ -2,7 +2,7 @@
 evaluate it once on the FER2013 test manifest (plain and flip-TTA), and write the results and
 the model card next to it.
 
-    python benchmarks/ship_model.py --run /work/runs/fer_vgg_w05 --test manifests/fer_test.parquet
+    python benchmarks/ship_model.py --run runs/fer_vgg_w05 --test manifests/fer_test.parquet
 
 The test split is read here, once, after training chose its checkpoint on validation rows.
 """
