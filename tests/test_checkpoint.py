@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import TINY_VGG, write_pair  # noqa: E402
+from train_fixtures import TINY_VGG, single_thread, train_config, write_pair  # noqa: E402,F401
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +20,7 @@ def pair(tmp_path_factory):
 
 
 def _cfg(pair, out, **kw):
-    from train.config import make_config
-
-    base = dict(manifest=str(pair[0]), val=str(pair[1]), model="vgg", model_options=dict(TINY_VGG),
-                epochs=4, batch_size=8, lr=3e-3, out=str(out), device="cpu", workers=1, augment="light")
-    return make_config(**(base | kw))
+    return train_config(pair, out, **({"epochs": 4, "lr": 3e-3, "augment": "light"} | kw))
 
 
 def test_save_load_round_trip(tmp_path):

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import TINY_VGG, write_features, write_pair, write_synth  # noqa: E402
+from train_fixtures import (  # noqa: E402,F401
+    TINY_VGG, single_thread, train_config, write_features, write_pair, write_synth)
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +21,7 @@ def pair(tmp_path_factory):
     return write_pair(tmp_path_factory.mktemp("trdata"), n_train=35, n_val=14)
 
 
-def _cfg(pair, out, **kw):
-    from train.config import make_config
-
-    base = dict(manifest=str(pair[0]), val=str(pair[1]), model="vgg", model_options=dict(TINY_VGG),
-                epochs=1, batch_size=8, out=str(out), device="cpu", workers=1)
-    return make_config(**(base | kw))
+_cfg = train_config
 
 
 # ---- preprocessing and augmentation --------------------------------------------------------

@@ -60,26 +60,23 @@ def _blip_processor(folder: Path, image_size: int):
     return BlipProcessor(img, tok), tok
 
 
-def tiny_blip_captioner(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
-    from transformers import BlipForConditionalGeneration
+def _tiny_blip(head: str, folder: Path, seed: int, image_size: int) -> Path:
+    """A random-weight BLIP (`head` = a transformers Blip* class name) saved like a hub snapshot."""
+    import transformers
 
     _seed(seed)
     proc, tok = _blip_processor(folder, image_size)
-    model = BlipForConditionalGeneration(_blip_config(tok, image_size)).eval()
-    model.save_pretrained(folder)
+    getattr(transformers, head)(_blip_config(tok, image_size)).eval().save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+def tiny_blip_captioner(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
+    return _tiny_blip("BlipForConditionalGeneration", folder, seed, image_size)
 
 
 def tiny_blip_vqa(folder: Path, seed: int = 0, image_size: int = 32) -> Path:
-    from transformers import BlipForQuestionAnswering
-
-    _seed(seed)
-    proc, tok = _blip_processor(folder, image_size)
-    model = BlipForQuestionAnswering(_blip_config(tok, image_size)).eval()
-    model.save_pretrained(folder)
-    proc.save_pretrained(folder)
-    return folder
+    return _tiny_blip("BlipForQuestionAnswering", folder, seed, image_size)
 
 
 def tiny_distilbert(folder: Path, seed: int = 0) -> Path:

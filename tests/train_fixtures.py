@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from features.images import encode, pixel_hash
 from features.labels import get_label_set
@@ -79,3 +80,21 @@ def write_features(path: Path, manifest: Path, dim: int = 16, tokens: int | None
         cols["token_mask"] = [[True] * (tokens - (i % 2)) + [False] * (i % 2) for i in range(len(ids))]
     pq.write_table(pa.table(cols), path)
     return path
+
+
+def train_config(pair: tuple[Path, Path], out: Path, **kw):
+    """A TrainConfig for a tiny vgg on `pair` (train, val manifests); `kw` overrides any field."""
+    from train.config import make_config
+
+    base = dict(manifest=str(pair[0]), val=str(pair[1]), model="vgg", model_options=dict(TINY_VGG),
+                epochs=1, batch_size=8, out=str(out), device="cpu", workers=1)
+    return make_config(**(base | kw))
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One torch thread per test: several times faster than the default on a shared 2-core CPU.
+    Autouse in every module that imports it."""
+    import torch
+
+    torch.set_num_threads(1)
