@@ -116,6 +116,14 @@ peers-weights: setup-bench
 bench-peers: peers-weights
 	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(if $(OURS),--ours $(OURS))
 
+# The FER2013 ablation (BorderlineSMOTE vs class weights vs bicubic x4, same model and budget):
+# ~45 min on 2 CPU cores at ABLATION_EPOCHS=6; resumable, finished arms are skipped.
+ABLATION_EPOCHS ?= 6
+.PHONY: bench-ablation
+bench-ablation: setup
+	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
+	$(PY) benchmarks/bench_ablation.py --epochs $(ABLATION_EPOCHS) --runs runs/ablation --json runs/bench/ablation.json
+
 # evaluation + prediction (helper G): the demo ends by evaluating its trained model and predicting
 # on a few images. EVAL_RUN is a `train run` output folder; `make eval CKPT=... M=...` for any pair.
 .PHONY: demo-eval eval

@@ -151,7 +151,11 @@ def load_ours(path: Path) -> Contender:
     # The trainer is imported only here: the peers alone need none of it.
     from train.checkpoint import class_names, load_checkpoint, preprocess_of
 
+    from train.models.base import fold_batchnorm
+
     model, sidecar = load_checkpoint(path)
+    params = sum(p.numel() for p in model.parameters())  # before folding BN, as for the peers
+    model = fold_batchnorm(model.eval())  # the peers' ports fold theirs: like for like
     if getattr(model, "needs_text", False) or getattr(model, "input_kind", "image") != "image":
         raise BenchError(f"{path}: model {sidecar['model']['name']!r} needs caption features or clips; "
                          "this benchmark compares image classifiers on raw test faces")
@@ -159,7 +163,7 @@ def load_ours(path: Path) -> Contender:
     return Contender(
         f"ours: {sidecar['model']['name']} ({path})", f"ours: {sidecar['model']['name']}", model, pre.apply,
         _canonical_index(class_names(sidecar), str(path)),
-        sum(p.numel() for p in model.parameters()),
+        params,
         note=f"preprocess {pre.to_dict()}",
         channels_last_ok=bool(getattr(model, "channels_last_ok", True)),
         extra={"checkpoint_metrics": sidecar.get("metrics")},

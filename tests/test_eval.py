@@ -15,7 +15,8 @@ from features.manifest import to_table, write_manifest
 SIZE = 24
 
 
-def tiny_checkpoint(run_dir: Path, label_set: str = "fer2013", preset: str = "7", log: bool = False) -> Path:
+def tiny_checkpoint(run_dir: Path, label_set: str = "fer2013", preset: str = "7", log: bool = False,
+                    seed: int = 0) -> Path:
     import torch
 
     from features.labels import get_preset
@@ -23,7 +24,7 @@ def tiny_checkpoint(run_dir: Path, label_set: str = "fer2013", preset: str = "7"
     from train.models.registry import build_model
     from train.transforms import Preprocess
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ls = get_label_set(label_set)
     names, _ = get_preset(preset).apply(ls)
     model = build_model("vgg", num_classes=len(names), in_chans=1, input_size=SIZE, width=0.125, fc_dim=16,
@@ -312,3 +313,52 @@ def test_feature_model_reads_image_features(tmp_path, fer_test):
         evaluate(tmp_path / "run", fer_test, EvalConfig(plots=False))
     with pytest.raises(EvalError, match="--tta needs images"):
         evaluate(tmp_path / "run", fer_test, EvalConfig(plots=False, tta="flip", image_features=feats))
+
+
+def test_ensemble_averages_member_probabilities(ckpt, fer_test, tmp_path):
+    """Two checkpoints: the ensemble's WAR is the argmax of the members' mean probability, each
+    member's own score is reported, and members that predict other classes are refused."""
+    import torch
+
+    from features.images import decode
+    from features.manifest import read_manifest
+    from train.checkpoint import load_checkpoint
+    from train.evaluate import EvalConfig, EvalError, evaluate
+    from train.transforms import Preprocess
+
+    other = tmp_path / "seed1"
+    tiny_checkpoint(other, seed=1)
+    rep = evaluate([ckpt, other], fer_test, EvalConfig(tta="flip", plots=False))
+    t, _ = read_manifest(fer_test, ["image", "label_id"])
+    y = t.column("label_id").to_numpy()
+    probs, wars = [], []
+    for c in (ckpt, other):
+        model, side = load_checkpoint(c)
+        x = Preprocess.from_dict(side["preprocess"]).apply([decode(b)[0] for b in t.column("image").to_pylist()])
+        with torch.no_grad():
+            p = model.eval()(x).softmax(1).numpy()
+        probs.append(p)
+        wars.append(float((p.argmax(1) == y).mean()))
+    assert not np.allclose(probs[0], probs[1])
+    want = float(((probs[0] + probs[1]).argmax(1) == y).mean())
+    assert rep["variants"]["all"]["plain"]["war"] == pytest.approx(want)
+    assert [m["plain"]["war"] for m in rep["members"]] == pytest.approx(wars)
+    assert set(rep["variants"]["all"]) == {"plain", "flip"} and rep["model"] == "ensemble of 2"
+
+    plus = tmp_path / "ferplus"
+    tiny_checkpoint(plus, label_set="ferplus")
+    with pytest.raises(EvalError, match="same classes"):
+        evaluate([ckpt, plus], fer_test, EvalConfig(plots=False))
+
+
+def test_cli_eval_ensemble(ckpt, fer_test, tmp_path):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    tiny_checkpoint(tmp_path / "b", seed=2)
+    r = CliRunner().invoke(app, ["eval", "-c", str(ckpt), "-c", str(tmp_path / "b"), "--manifest", str(fer_test),
+                                 "--out", str(tmp_path / "e"), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("member ") == 2
+    assert "Ensemble members" in (tmp_path / "e" / "report.md").read_text()

@@ -93,6 +93,27 @@ def test_features_then_head_is_forward(name):
         torch.testing.assert_close(model.forward_head(feats), model(x, **kw))
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_fold_batchnorm_keeps_the_outputs(name):
+    """Inference copies fold Conv+BN (EmotionPredictor, the peers benchmark): same logits."""
+    from train.models.base import fold_batchnorm
+
+    model = tiny(name).train()
+    x, kw, _ = make_batch(model, 4)
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from their (0, 1) start
+            model(x * 3 + 1, **kw)
+        model.eval()
+        want = model(x, **kw)
+        bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        folded = fold_batchnorm(model)
+        torch.testing.assert_close(folded(x, **kw), want, rtol=1e-4, atol=1e-4)
+    if name == "vgg":
+        assert bns > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(tiny(name).train())
+
+
 # resnet101 runs resnet50's Bottleneck code with 2x the weights (~20 s here): slow-marked.
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet101" else n
                                   for n in list_models()])

@@ -154,7 +154,10 @@ class EmotionPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **kw) -> "EmotionPredictor":
+        from train.models.base import fold_batchnorm
+
         model, sidecar = load(path)
+        model = fold_batchnorm(model)  # this copy only serves predictions: BN folded into the convs
         if getattr(model, "input_kind", "image") == "feature":  # it has no image preprocessing to read
             return cls(model, class_names_of(sidecar), None, sidecar=sidecar, **kw)
         return cls(model, class_names_of(sidecar), preprocess_of(sidecar), sidecar=sidecar, **kw)

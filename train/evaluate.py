@@ -316,10 +316,28 @@ def _scores(logits, targets, names, mapping: LabelMapping, groups=None) -> dict:
     return s
 
 
-def evaluate(checkpoint: str | Path | None, manifest: str | Path, cfg: EvalConfig,
+def _load_member(checkpoint, cfg: EvalConfig):
+    try:
+        model, sidecar = load(checkpoint)
+    except PredictError as e:
+        raise EvalError(str(e)) from None
+    return model.to(cfg.device).eval(), sidecar
+
+
+def _ensemble(logits: list[np.ndarray]) -> np.ndarray:
+    """Members' logits -> log of their mean probability: softmax of the result is that mean."""
+    probs = np.mean([softmax(lg) for lg in logits], axis=0)
+    return np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
+
+
+def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: EvalConfig,
              out_dir: str | Path | None = None,
              progress: Callable[[int], None] | None = None) -> dict:
-    """Score `checkpoint` on `manifest`'s test rows; write report.json, report.md and plots."""
+    """Score `checkpoint` on `manifest`'s test rows; write report.json, report.md and plots.
+
+    A list of several checkpoints is scored as an ensemble (the mean of their probabilities,
+    each member with its own preprocessing); every member's own plain scores are reported
+    beside it. Members must predict the same classes in the same order."""
     from features.manifest import ManifestError, open_manifest
 
     t0 = time.perf_counter()
@@ -328,29 +346,47 @@ def evaluate(checkpoint: str | Path | None, manifest: str | Path, cfg: EvalConfi
         _, manifest_ls = open_manifest(manifest)
     except ManifestError as e:
         raise EvalError(str(e)) from None
-    try:
-        model, sidecar = load(checkpoint)
-    except PredictError as e:
-        raise EvalError(str(e)) from None
-    model = model.to(cfg.device).eval()
+    members = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    if not members:
+        raise EvalError("no checkpoint given")
+    model, sidecar = _load_member(members[0], cfg)
     names = class_names_of(sidecar)
     mapping = label_mapping(sidecar, manifest_ls, names, cfg.label_map)
     kind = getattr(model, "input_kind", "image")
     rows = read_rows(manifest, cfg.split, mapping, decode_images=kind != "feature")
     if kind == "clip" and rows.group_kind == "clip_id" and all(g is not None for g in rows.groups):
         rows = clip_rows(rows, int(getattr(model.config, "frames", 16)))
-    extra = _extra_inputs(model, rows, cfg)
-    preprocess = preprocess_of(sidecar) if kind != "feature" else None
     if cfg.tta != "none" and kind == "feature":
         raise EvalError("--tta needs images; this model takes precomputed embeddings")
 
-    logits = {"plain": model_logits(model, preprocess, rows, cfg, "none", extra, progress)}
-    if cfg.tta != "none":
-        logits[cfg.tta] = model_logits(model, preprocess, rows, cfg, cfg.tta, extra, progress)
+    def member_logits(m, sc) -> dict[str, np.ndarray]:
+        extra = _extra_inputs(m, rows, cfg)
+        pre = preprocess_of(sc) if kind != "feature" else None
+        out = {"plain": model_logits(m, pre, rows, cfg, "none", extra, progress)}
+        if cfg.tta != "none":
+            out[cfg.tta] = model_logits(m, pre, rows, cfg, cfg.tta, extra, progress)
+        return out
+
+    first = member_logits(model, sidecar)
+    per_member = [first]
+    for ckpt in members[1:]:
+        m, sc = _load_member(ckpt, cfg)
+        if class_names_of(sc) != names or getattr(m, "input_kind", "image") != kind:
+            raise EvalError(f"{ckpt}: an ensemble needs members with the same classes and input; it "
+                            f"predicts {list(class_names_of(sc))} from {getattr(m, 'input_kind', 'image')} "
+                            f"input, {members[0]} predicts {list(names)} from {kind} input")
+        per_member.append(member_logits(m, sc))
+        del m
+    logits = first if len(members) == 1 else \
+        {mode: _ensemble([pm[mode] for pm in per_member]) for mode in first}
+    extra = _extra_inputs(model, rows, cfg)
+    preprocess = preprocess_of(sidecar) if kind != "feature" else None
     report = {
-        "checkpoint": str(checkpoint) if checkpoint is not None else "shipped",
+        "checkpoint": (str(members[0]) if members[0] is not None else "shipped") if len(members) == 1
+        else [str(c) if c is not None else "shipped" for c in members],
         "manifest": str(manifest), "split": cfg.split, "config": _jsonable(asdict(cfg)),
-        "model": sidecar.get("model", {}).get("name"), "class_names": list(names),
+        "model": sidecar.get("model", {}).get("name") if len(members) == 1 else f"ensemble of {len(members)}",
+        "class_names": list(names),
         # what the trainer recorded when it chose this checkpoint (on validation rows only)
         "checkpoint_meta": {k: sidecar.get(k) for k in ("epoch", "selected_on", "metrics")},
         "manifest_label_set": {"name": manifest_ls.name, "names": list(manifest_ls.names)},
@@ -359,6 +395,12 @@ def evaluate(checkpoint: str | Path | None, manifest: str | Path, cfg: EvalConfi
                  **rows.dropped},
         "variants": {},
     }
+    if len(members) > 1:
+        report["members"] = [
+            {"checkpoint": str(c) if c is not None else "shipped",
+             **{mode: {k: _scores(pm[mode], rows.targets, names, mapping)[k] for k in ("war", "uar", "macro_f1")}
+                for mode in pm}}
+            for c, pm in zip(members, per_member)]
     for vname, mask in variants(rows).items():
         report["variants"][vname] = {mode: _scores(lg[mask], rows.targets[mask], names, mapping)
                                      for mode, lg in logits.items()}
@@ -371,8 +413,9 @@ def evaluate(checkpoint: str | Path | None, manifest: str | Path, cfg: EvalConfi
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.plots:
+            # t-SNE and Grad-CAM are of the first member; the score plots are of `logits`
             report["plots"] = write_plots(out_dir, model, preprocess, rows, logits["plain"], names, mapping,
-                                          cfg, extra, checkpoint)
+                                          cfg, extra, members[0])
         write_report(report, out_dir)
     return report
 

@@ -45,6 +45,15 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- **zero-shot** through the label mapping; scored classes: "
                      f"{', '.join(lm['scored_classes'])}; "
                      f"excluded manifest classes: {', '.join(lm['excluded_manifest_classes']) or 'none'}")
+    if report.get("members"):
+        lines += ["", "## Ensemble members (each alone, all rows)", "",
+                  "| checkpoint | mode | WAR | UAR | macro-F1 |", "|---|---|---|---|---|"]
+        for m in report["members"]:
+            for mode, s in m.items():
+                if mode != "checkpoint":
+                    lines.append(f"| `{m['checkpoint']}` | {mode} | {_pct(s['war'])} | {_pct(s['uar'])} | "
+                                 f"{_pct(s['macro_f1'])} |")
+        lines += ["", "The ensemble scores below average the members' probabilities."]
     lines += ["", "## Accuracy by variant", "",
               "| variant | mode | n | WAR (accuracy) | UAR | macro-F1 | ECE |", "|---|---|---|---|---|---|---|"]
     for vname, modes in report["variants"].items():

@@ -9,8 +9,9 @@ import typer
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c",
-                                             help="Run dir or .safetensors file written by `train run`.")],
+    checkpoint: Annotated[list[Path], typer.Option(
+        "--checkpoint", "-c", help="Run dir or .safetensors file written by `train run`; repeat it to "
+        "score an ensemble (mean of the members' probabilities; each member is reported too).")],
     manifest: Annotated[Path, typer.Option("--manifest", "-m", help="Manifest whose test rows are scored.")],
     tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none | flip | tencrop "
                                      "(reported beside the plain number).")] = "none",
@@ -40,18 +41,22 @@ def command(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if out is None:
-        base = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        out = base / f"eval-{manifest.stem}"
+        base = checkpoint[0] if checkpoint[0].is_dir() else checkpoint[0].parent
+        out = base / (f"eval-{manifest.stem}" if len(checkpoint) == 1 else f"eval-ensemble{len(checkpoint)}-{manifest.stem}")
     try:
         cfg = EvalConfig(tta=tta, label_map=label_map, split=split, batch_size=batch_size, device=device,
                          plots=plots, image_features=image_features, text_features=text_features)
         with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("eval", total=None)
-            report = evaluate(checkpoint, manifest, cfg, out, progress=lambda n: bar.advance(task, n))
+            report = evaluate(checkpoint if len(checkpoint) > 1 else checkpoint[0], manifest, cfg, out, progress=lambda n: bar.advance(task, n))
     except EvalError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
+    if report.get("members"):
+        for m in report["members"]:
+            console.print(f"member {m['checkpoint']}: WAR {100 * m['plain']['war']:.2f} %, "
+                          f"UAR {100 * m['plain']['uar']:.2f} % (plain, all rows)")
     table = Table(title=f"{report['model']} on {manifest.name}")
     for col in ("variant", "mode", "n", "WAR", "UAR", "macro-F1", "ECE"):
         table.add_column(col, justify="right" if col not in ("variant", "mode") else "left")
