@@ -125,6 +125,7 @@ class Contender:
     note: str = ""
     channels_last_ok: bool = True
     channels_last: bool = False  # set by time_model to the faster layout
+    bf16: bool = False  # set by time_model: bf16 autocast was faster at the large batch
     extra: dict = field(default_factory=dict)
 
 
@@ -172,13 +173,23 @@ def load_ours(path: Path) -> Contender:
 
 # ---- evaluation and timing --------------------------------------------------------------------
 
-def predict(c: Contender, x, batch: int = 256) -> np.ndarray:
+def _context(bf16: bool):
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def predict(c: Contender, x, batch: int = 256, bf16: bool | None = None) -> np.ndarray:
+    """Predicted FER2013 class ids, in the layout time_model chose and in bf16 autocast when it
+    chose that (bf16=None) or as told."""
     import torch
 
     fmt = torch.channels_last if c.channels_last else torch.contiguous_format
     c.model.to(memory_format=fmt)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _context(c.bf16 if bf16 is None else bf16):
         for i in range(0, len(x), batch):
             out.append(c.model(x[i:i + batch].contiguous(memory_format=fmt)).float().argmax(1).numpy())
     return c.to7[np.concatenate(out)]
@@ -228,10 +239,13 @@ def _median_seconds(fn, calls: int) -> tuple[float, float]:
 
 
 def time_model(c: Contender, x, batch: int, calls: int) -> dict:
-    """Median ms/image of the forward pass; each model runs in its faster memory format.
+    """Median ms/image of the forward pass; each model runs in its fastest mode.
 
-    channels_last is tried as well because it changes CPU speed several-fold either way
-    (mini-Xception gains, EfficientNet loses); giving every model its better layout is fair.
+    The modes are memory layout (contiguous, channels_last) x precision (fp32, bf16 autocast):
+    channels_last changes CPU speed several-fold either way (mini-Xception gains, EfficientNet
+    loses) and bf16 helps big convolutions on CPUs with bf16 instructions while it slows others,
+    so every model gets whichever is fastest for it, chosen separately at batch 1 and at `batch`.
+    Accuracy is then scored in the large-batch mode (and in fp32 beside it, see `run`).
     """
     import torch
 
@@ -240,26 +254,31 @@ def time_model(c: Contender, x, batch: int, calls: int) -> dict:
         xb = xb.repeat((batch + len(xb) - 1) // len(xb), 1, 1, 1)[:batch]
     x1 = x[:1]
     layouts = [torch.contiguous_format] + ([torch.channels_last] if c.channels_last_ok else [])
-    best = None
-    with torch.inference_mode():
-        for fmt in layouts:
-            c.model.to(memory_format=fmt)
-            xf = xb.contiguous(memory_format=fmt)
-            c.model(xf)  # warm-up: allocator, oneDNN kernel choice
-            t = _median_seconds(lambda: c.model(xf), 2)[0]
-            if best is None or t < best[1]:
-                best = (fmt, t)
-        fmt = best[0]
-        c.channels_last = fmt is torch.channels_last
+    modes = [(fmt, bf16) for fmt in layouts for bf16 in (False, True)]
+
+    def timed(mode, xin, n):
+        fmt, bf16 = mode
         c.model.to(memory_format=fmt)
-        xf, x1f = xb.contiguous(memory_format=fmt), x1.contiguous(memory_format=fmt)
-        for _ in range(10):
-            c.model(x1f)
-        t1, cpu1 = _median_seconds(lambda: c.model(x1f), max(20, calls * 20))
-        tb, cpub = _median_seconds(lambda: c.model(xf), calls)
+        xf = xin.contiguous(memory_format=fmt)
+        with _context(bf16):
+            for _ in range(3 if len(xin) == 1 else 1):
+                c.model(xf)  # warm-up: allocator, oneDNN kernel choice
+            return _median_seconds(lambda: c.model(xf), n)
+
+    with torch.inference_mode():
+        best_b = min(modes, key=lambda m: timed(m, xb, 2)[0])
+        best_1 = min(modes, key=lambda m: timed(m, x1, 10)[0])
+        t1, cpu1 = timed(best_1, x1, max(20, calls * 20))
+        tb, cpub = timed(best_b, xb, calls)
+    c.channels_last, c.bf16 = best_b[0] is torch.channels_last, best_b[1]
+
+    def name(m):
+        return ("channels_last" if m[0] is torch.channels_last else "contiguous") + (" bf16" if m[1] else " fp32")
+
     return {"batch1_ms": 1000 * t1, f"batch{batch}_ms_per_image": 1000 * tb / batch,
             "batch1_cpu_ms": 1000 * cpu1, f"batch{batch}_cpu_ms_per_image": 1000 * cpub / batch,
-            "memory_format": "channels_last" if fmt is torch.channels_last else "contiguous"}
+            "batch1_mode": name(best_1), f"batch{batch}_mode": name(best_b),
+            "memory_format": "channels_last" if c.channels_last else "contiguous"}
 
 
 def machine_info(threads: int) -> dict:
@@ -280,6 +299,11 @@ def _pct(d: dict, key: str = "accuracy") -> str:
     return f"{100 * d[key]:.2f} %" if d.get("n") else "-"
 
 
+def _short_mode(mode: str | None) -> str:
+    """'channels_last bf16' -> 'CL bf16'; older reports without a mode -> '?'."""
+    return "?" if not mode else mode.replace("channels_last", "CL").replace("contiguous", "NCHW")
+
+
 def print_table(report: dict, batch: int) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -297,7 +321,13 @@ def print_table(report: dict, batch: int) -> None:
         s, lat = r["subsets"], r["latency"]
         t.add_row(r["short"], f"{r['params']:,}", _pct(s["all"]), _pct(s["private_test"]),
                   _pct(s["leak_free"]), _pct(s["leaked"]), _pct(s["all"], "uar"), _pct(s["all"], "macro_f1"),
-                  f"{lat['batch1_ms']:.2f} ms", f"{lat[f'batch{batch}_ms_per_image']:.3f} ms/img")
+                  f"{lat['batch1_ms']:.2f} ms ({_short_mode(lat.get('batch1_mode'))})",
+                  f"{lat[f'batch{batch}_ms_per_image']:.3f} ms/img ({_short_mode(lat.get(f'batch{batch}_mode'))})")
+        if "fp32_subsets" in r:
+            t.add_row("  same, all in fp32", "", _pct(r["fp32_subsets"]["all"]),
+                      _pct(r["fp32_subsets"]["private_test"]), _pct(r["fp32_subsets"]["leak_free"]),
+                      _pct(r["fp32_subsets"]["leaked"]), _pct(r["fp32_subsets"]["all"], "uar"),
+                      _pct(r["fp32_subsets"]["all"], "macro_f1"), "", "")
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)  # a log file, not a screen: do not squeeze the columns
@@ -327,10 +357,13 @@ def run(data: Path, manifest: Path, ours: Path | None, out: Path, threads: int, 
         t0 = time.perf_counter()
         ev = evaluate(ts, predict(c, x, batch))
         ev["eval_seconds"] = time.perf_counter() - t0
+        if c.bf16:  # the same model in fp32, so that the precision's effect is on record
+            ev["fp32_subsets"] = evaluate(ts, predict(c, x, batch, bf16=False))["subsets"]
         results.append({"name": c.name, "short": c.short, "params": c.params, "note": c.note,
                         "latency": lat, **ev, **c.extra})
         log(f"{c.name}: {_pct(ev['subsets']['all'])} on {len(ts.y)} rows, "
-            f"{lat['batch1_ms']:.2f} ms at batch 1 ({lat['memory_format']})")
+            f"{lat['batch1_ms']:.2f} ms at batch 1 ({lat['batch1_mode']}), "
+            f"{lat[f'batch{batch}_ms_per_image']:.3f} ms/img at batch {batch} ({lat[f'batch{batch}_mode']})")
     info["load_average_end"] = os.getloadavg()
     report = {"benchmark": "peers", "test_source": ts.source, "rows": int(len(ts.y)),
               "limited": bool(limit), "machine": info, "models": results}

@@ -460,6 +460,10 @@ def test_run_with_our_checkpoint_writes_the_report(tmp_path, monkeypatch):
     assert ours["short"] == "ours: vgg" and ours["subsets"]["all"]["n"] == 8
     assert ours["subsets"]["leak_free"]["n"] == 6 and ours["latency"]["batch1_ms"] > 0
     assert sum(ours["predicted_counts"].values()) == 8
+    modes = {f"{f} {p}" for f in ("contiguous", "channels_last") for p in ("fp32", "bf16")}
+    assert ours["latency"]["batch1_mode"] in modes and ours["latency"]["batch4_mode"] in modes
+    # scored in bf16 only when bf16 was the faster mode, and then in fp32 beside it
+    assert ("fp32_subsets" in ours) == ours["latency"]["batch4_mode"].endswith("bf16")
 
 
 def test_ours_with_classes_outside_fer2013_is_refused(tmp_path):
