@@ -148,6 +148,24 @@ def print_table(results: list[dict]) -> None:
     Console(width=200).print(t)
 
 
+def _pct(s: dict | None) -> str:
+    return f"{100 * s['war']:.2f} %" if s else "—"
+
+
+def markdown(results: list[dict], epochs: int) -> str:
+    """The table as Markdown, for the README and docs (written beside the JSON)."""
+    lines = [f"| arm | ingredient | train rows | val UAR | test acc | leak-free acc | UAR | macro-F1 | "
+             f"acc, flip TTA | train s ({epochs} epochs) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        a, fl = r["test"]["all"]["plain"], r["test"]["all"].get("flip")
+        lf = r["test"].get("leak_free", r["test"]["all"])["plain"]
+        lines.append(f"| {r['arm']} | {r['what']} | {r['train_rows']:,} | {100 * r['val']['val_uar']:.2f} % | "
+                     f"{100 * a['war']:.2f} % | {100 * lf['war']:.2f} % | {100 * a['uar']:.2f} % | "
+                     f"{100 * a['macro_f1']:.2f} % | {_pct(fl)} | "
+                     f"{r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifests", type=Path, default=Path("manifests"))
@@ -175,7 +193,8 @@ def main(argv=None) -> int:
     args.json.write_text(json.dumps({"epochs": args.epochs, "threads": args.threads,
                                      "prepare_seconds": cost, "arms": results,
                                      "load_average": os.getloadavg()}, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
+    args.json.with_suffix(".md").write_text(markdown(results, args.epochs))
+    print(f"wrote {args.json} and {args.json.with_suffix('.md')}", file=sys.stderr)
     return 0
 
 

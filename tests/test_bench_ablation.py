@@ -75,3 +75,5 @@ def test_every_arm_runs_and_a_second_call_resumes(tiny_fer):
     assert ab.main(argv) == 0
     assert (runs / "commands.log").read_text().count("train run") == before
     assert json.loads(out.read_text())["arms"] == rep["arms"]
+    md = out.with_suffix(".md").read_text().splitlines()
+    assert len(md) == 2 + 3 and md[2].startswith("| baseline |")
