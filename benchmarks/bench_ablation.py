@@ -166,6 +166,35 @@ def markdown(results: list[dict], epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: list[dict], path: Path) -> Path:
+    """Grouped bars: test accuracy, leak-free accuracy and UAR of each arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("test acc", lambda r: r["test"]["all"]["plain"]["war"]),
+            ("leak-free acc", lambda r: r["test"].get("leak_free", r["test"]["all"])["plain"]["war"]),
+            ("UAR", lambda r: r["test"]["all"]["plain"]["uar"])]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    w = 0.8 / len(keys)
+    for k, (label, get) in enumerate(keys):
+        xs = [i + (k - 1) * w for i in range(len(results))]
+        vals = [100 * get(r) for r in results]
+        bars = ax.bar(xs, vals, w, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(results)), [r["arm"] for r in results], fontsize=8)
+    lo = min(100 * get(r) for r in results for _, get in keys)
+    ax.set_ylim(max(0, lo - 10), None)
+    ax.set_ylabel("% on FER2013 test")
+    ax.set_title("FER2013 ablation: one ingredient changed per arm", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifests", type=Path, default=Path("manifests"))
@@ -194,6 +223,8 @@ def main(argv=None) -> int:
                                      "prepare_seconds": cost, "arms": results,
                                      "load_average": os.getloadavg()}, indent=2) + "\n")
     args.json.with_suffix(".md").write_text(markdown(results, args.epochs))
+    if results:
+        plot(results, args.json.with_suffix(".png"))
     print(f"wrote {args.json} and {args.json.with_suffix('.md')}", file=sys.stderr)
     return 0
 

@@ -77,3 +77,4 @@ def test_every_arm_runs_and_a_second_call_resumes(tiny_fer):
     assert json.loads(out.read_text())["arms"] == rep["arms"]
     md = out.with_suffix(".md").read_text().splitlines()
     assert len(md) == 2 + 3 and md[2].startswith("| baseline |")
+    assert out.with_suffix(".png").stat().st_size > 5000
