@@ -1,6 +1,6 @@
 """What each fusion ingredient is worth on FER2013: one model, one budget, one ingredient changed.
 
-    python benchmarks/bench_ablation.py [--epochs 6] [--runs runs/ablation] [--json runs/bench/ablation.json]
+    python benchmarks/bench_ablation.py [--epochs 4] [--runs runs/ablation] [--json runs/bench/ablation.json]
 
 Arms (every arm runs the user's own commands: `pipeline balance`, `pipeline enhance`,
 `train run`, `train eval`):
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifests", type=Path, default=Path("manifests"))
     ap.add_argument("--runs", type=Path, default=Path("runs/ablation"))
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--only", nargs="*", help="arms to run (default: all)")
     ap.add_argument("--json", type=Path, default=Path("runs/bench/ablation.json"))
