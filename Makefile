@@ -118,12 +118,12 @@ bench-peers: peers-weights
 
 # The FER2013 ablation (BorderlineSMOTE vs class weights vs bicubic x4, same model and budget):
 # About 75 min on 2 CPU cores at ABLATION_EPOCHS=4 (the README's table); resumable, finished
-# arms are skipped. A longer budget: ABLATION_EPOCHS=24 with another --runs folder.
+# arms are skipped; each budget has its own folder (runs/ablation_e<epochs>).
 ABLATION_EPOCHS ?= 4
 .PHONY: bench-ablation
 bench-ablation: setup
 	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
-	$(PY) benchmarks/bench_ablation.py --epochs $(ABLATION_EPOCHS) --runs runs/ablation --json runs/bench/ablation.json
+	$(PY) benchmarks/bench_ablation.py --epochs $(ABLATION_EPOCHS) --runs runs/ablation_e$(ABLATION_EPOCHS) --json runs/bench/ablation_e$(ABLATION_EPOCHS).json
 
 # evaluation + prediction (helper G): the demo ends by evaluating its trained model and predicting
 # on a few images. EVAL_RUN is a `train run` output folder; `make eval CKPT=... M=...` for any pair.
