@@ -359,15 +359,17 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
     if cfg.tta != "none" and kind == "feature":
         raise EvalError("--tta needs images; this model takes precomputed embeddings")
 
-    def member_logits(m, sc) -> dict[str, np.ndarray]:
-        extra = _extra_inputs(m, rows, cfg)
-        pre = preprocess_of(sc) if kind != "feature" else None
+    def member_logits(m, pre, extra) -> dict[str, np.ndarray]:
         out = {"plain": model_logits(m, pre, rows, cfg, "none", extra, progress)}
         if cfg.tta != "none":
             out[cfg.tta] = model_logits(m, pre, rows, cfg, cfg.tta, extra, progress)
         return out
 
-    first = member_logits(model, sidecar)
+    def inputs_of(m, sc):
+        return (preprocess_of(sc) if kind != "feature" else None), _extra_inputs(m, rows, cfg)
+
+    preprocess, extra = inputs_of(model, sidecar)  # the first member's, kept for the plots
+    first = member_logits(model, preprocess, extra)
     per_member = [first]
     for ckpt in members[1:]:
         m, sc = _load_member(ckpt, cfg)
@@ -375,15 +377,15 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
             raise EvalError(f"{ckpt}: an ensemble needs members with the same classes and input; it "
                             f"predicts {list(class_names_of(sc))} from {getattr(m, 'input_kind', 'image')} "
                             f"input, {members[0]} predicts {list(names)} from {kind} input")
-        per_member.append(member_logits(m, sc))
+        per_member.append(member_logits(m, *inputs_of(m, sc)))
         del m
     logits = first if len(members) == 1 else \
         {mode: _ensemble([pm[mode] for pm in per_member]) for mode in first}
-    extra = _extra_inputs(model, rows, cfg)
-    preprocess = preprocess_of(sidecar) if kind != "feature" else None
+    def label(c) -> str:
+        return str(c) if c is not None else "shipped"
+
     report = {
-        "checkpoint": (str(members[0]) if members[0] is not None else "shipped") if len(members) == 1
-        else [str(c) if c is not None else "shipped" for c in members],
+        "checkpoint": label(members[0]) if len(members) == 1 else [label(c) for c in members],
         "manifest": str(manifest), "split": cfg.split, "config": _jsonable(asdict(cfg)),
         "model": sidecar.get("model", {}).get("name") if len(members) == 1 else f"ensemble of {len(members)}",
         "class_names": list(names),
@@ -397,7 +399,7 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
     }
     if len(members) > 1:
         report["members"] = [
-            {"checkpoint": str(c) if c is not None else "shipped",
+            {"checkpoint": label(c),
              **{mode: {k: _scores(pm[mode], rows.targets, names, mapping)[k] for k in ("war", "uar", "macro_f1")}
                 for mode in pm}}
             for c, pm in zip(members, per_member)]
