@@ -299,6 +299,12 @@ def _pct(d: dict, key: str = "accuracy") -> str:
     return f"{100 * d[key]:.2f} %" if d.get("n") else "-"
 
 
+def _score_cells(s: dict) -> list[str]:
+    """all, PrivateTest, leak-free, leaked accuracy, then UAR and macro-F1 on all rows."""
+    return [_pct(s["all"]), _pct(s["private_test"]), _pct(s["leak_free"]), _pct(s["leaked"]),
+            _pct(s["all"], "uar"), _pct(s["all"], "macro_f1")]
+
+
 def _short_mode(mode: str | None) -> str:
     """'channels_last bf16' -> 'CL bf16'; older reports without a mode -> '?'."""
     return "?" if not mode else mode.replace("channels_last", "CL").replace("contiguous", "NCHW")
@@ -319,15 +325,11 @@ def print_table(report: dict, batch: int) -> None:
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in report["models"]:
         s, lat = r["subsets"], r["latency"]
-        t.add_row(r["short"], f"{r['params']:,}", _pct(s["all"]), _pct(s["private_test"]),
-                  _pct(s["leak_free"]), _pct(s["leaked"]), _pct(s["all"], "uar"), _pct(s["all"], "macro_f1"),
+        t.add_row(r["short"], f"{r['params']:,}", *_score_cells(s),
                   f"{lat['batch1_ms']:.2f} ms ({_short_mode(lat.get('batch1_mode'))})",
                   f"{lat[f'batch{batch}_ms_per_image']:.3f} ms/img ({_short_mode(lat.get(f'batch{batch}_mode'))})")
         if "fp32_subsets" in r:
-            t.add_row("  same, all in fp32", "", _pct(r["fp32_subsets"]["all"]),
-                      _pct(r["fp32_subsets"]["private_test"]), _pct(r["fp32_subsets"]["leak_free"]),
-                      _pct(r["fp32_subsets"]["leaked"]), _pct(r["fp32_subsets"]["all"], "uar"),
-                      _pct(r["fp32_subsets"]["all"], "macro_f1"), "", "")
+            t.add_row("  same, all in fp32", "", *_score_cells(r["fp32_subsets"]), "", "")
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)  # a log file, not a screen: do not squeeze the columns
