@@ -130,6 +130,16 @@ def run_arm(name: str, arm: dict, all_arms: dict, runs: Path, epochs: int, threa
     return result
 
 
+def _cells(r: dict) -> list[str]:
+    """Shared by the terminal and Markdown tables: arm, ingredient, rows, val UAR, then the test
+    scores (a manifest without leaks reports its leak-free column as all rows)."""
+    a, fl = r["test"]["all"]["plain"], r["test"]["all"].get("flip")
+    lf = r["test"].get("leak_free", r["test"]["all"])["plain"]
+    pct = [100 * r["val"]["val_uar"], 100 * a["war"], 100 * lf["war"], 100 * a["uar"], 100 * a["macro_f1"]]
+    return [r["arm"], r["what"], f"{r['train_rows']:,}", *(f"{v:.2f} %" for v in pct),
+            f"{100 * fl['war']:.2f} %" if fl else "—"]
+
+
 def print_table(results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -139,17 +149,9 @@ def print_table(results: list[dict]) -> None:
               "acc (flip)", "img/s"):
         t.add_column(c, justify="left" if c in ("arm", "ingredient") else "right")
     for r in results:
-        a, fl = r["test"]["all"]["plain"], r["test"]["all"].get("flip", {})
-        lf = r["test"].get("leak_free", r["test"]["all"])["plain"]  # a manifest without leaks: all rows
-        t.add_row(r["arm"], r["what"], f"{r['train_rows']:,}", f"{100 * r['val']['val_uar']:.2f}",
-                  f"{100 * a['war']:.2f}", f"{100 * lf['war']:.2f}", f"{100 * a['uar']:.2f}",
-                  f"{100 * a['macro_f1']:.2f}", f"{100 * fl['war']:.2f}" if fl else "—",
-                  f"{r['train_img_per_s_median']:.0f}" if r["train_img_per_s_median"] else "—")
+        ips = r["train_img_per_s_median"]
+        t.add_row(*_cells(r), f"{ips:.0f}" if ips else "—")
     Console(width=200).print(t)
-
-
-def _pct(s: dict | None) -> str:
-    return f"{100 * s['war']:.2f} %" if s else "—"
 
 
 def markdown(results: list[dict], epochs: int) -> str:
@@ -157,12 +159,7 @@ def markdown(results: list[dict], epochs: int) -> str:
     lines = [f"| arm | ingredient | train rows | val UAR | test acc | leak-free acc | UAR | macro-F1 | "
              f"acc, flip TTA | train s ({epochs} epochs) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        a, fl = r["test"]["all"]["plain"], r["test"]["all"].get("flip")
-        lf = r["test"].get("leak_free", r["test"]["all"])["plain"]
-        lines.append(f"| {r['arm']} | {r['what']} | {r['train_rows']:,} | {100 * r['val']['val_uar']:.2f} % | "
-                     f"{100 * a['war']:.2f} % | {100 * lf['war']:.2f} % | {100 * a['uar']:.2f} % | "
-                     f"{100 * a['macro_f1']:.2f} % | {_pct(fl)} | "
-                     f"{r['train_seconds']:.0f} |")
+        lines.append("| " + " | ".join([*_cells(r), f"{r['train_seconds']:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
