@@ -70,6 +70,11 @@ class TrainConfig:
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     frames: int | None = None  # clip length for video models (None: the model's default)
     tensorboard: bool = False
+    # knowledge distillation (Hinton et al. 2015): a trained checkpoint whose softened outputs
+    # the student also learns from; loss = (1 - alpha) * hard loss + alpha * T^2 * KL
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -86,6 +91,10 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup < 0 or (self.warmup and self.warmup >= self.epochs):
             raise ConfigError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs})")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ConfigError(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -57,7 +57,7 @@ def make_loss(cfg: TrainConfig, weight=None, device: str = "cpu"):
         def plain(outputs, target, model):
             return crit(logits_of(outputs).float(), target)
 
-        return plain
+        return _distilled(plain, cfg)
 
     def own(outputs, target, model):
         loss = _bare(model).loss(outputs, target)
@@ -66,7 +66,25 @@ def make_loss(cfg: TrainConfig, weight=None, device: str = "cpu"):
                              "(only cmaen does); use --loss ce or focal")
         return loss.float()
 
-    return own
+    return _distilled(own, cfg)
+
+
+def _distilled(hard, cfg: TrainConfig):
+    """The hard loss, plus the soft-target term when a teacher's logits come with the batch."""
+    from train.losses import distill_kl
+    from train.models.base import logits_of
+
+    if cfg.teacher is None:
+        return hard
+    alpha, temp = cfg.distill_alpha, cfg.distill_temperature
+
+    def loss_fn(outputs, target, model, teacher_logits=None):
+        loss = hard(outputs, target, model)
+        if teacher_logits is None:
+            return loss
+        return (1 - alpha) * loss + alpha * distill_kl(logits_of(outputs), teacher_logits, temp)
+
+    return loss_fn
 
 
 def _bare(model):
@@ -169,14 +187,41 @@ class BatchPrep:
         return out
 
 
-def compute_loss(loss_fn, outputs, target, model):
-    return loss_fn(outputs, target, model)
+def compute_loss(loss_fn, outputs, target, model, teacher_logits=None):
+    if teacher_logits is None:
+        return loss_fn(outputs, target, model)
+    return loss_fn(outputs, target, model, teacher_logits=teacher_logits)
+
+
+def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
+    """The --teacher checkpoint, frozen, in eval mode with BatchNorm folded (it only infers).
+
+    It must predict the student's classes in the same order and read the same input tensor
+    (preprocessing), since it sees the very batch the student trains on."""
+    from train import checkpoint as ck
+    from train.models.base import fold_batchnorm
+
+    teacher, side = ck.load_checkpoint(cfg.teacher, device=device)
+    if list(ck.class_names(side)) != list(class_names):
+        raise TrainError(f"--teacher {cfg.teacher} predicts {ck.class_names(side)}, the student "
+                         f"{list(class_names)}; distil from a checkpoint trained on the same classes")
+    theirs = side.get("preprocess")
+    ours = preprocess.to_dict() if preprocess is not None else None
+    if theirs != ours or side.get("input", {}).get("needs_text"):
+        raise TrainError(f"--teacher {cfg.teacher} reads input {theirs}, the student {ours}; "
+                         "the teacher sees the student's batch, so both must take the same images "
+                         "(use --model-opt input_size=/in_chans= to match, and an image-only teacher)")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return fold_batchnorm(teacher.eval()), side
 
 
 def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: bool = False,
                     amp_dtype: str = "bf16", scaler=None, clip_grad: float | None = None,
-                    dist_info=None, progress: Progress | None = None, epoch: int = 0) -> dict:
-    """One pass over `loader`; returns {"loss": mean loss, "steps", "samples"}.
+                    dist_info=None, progress: Progress | None = None, epoch: int = 0,
+                    teacher=None) -> dict:
+    """One pass over `loader`; returns {"loss": mean loss, "steps", "samples"}. With a teacher
+    (frozen), its logits on the same augmented batch go to the loss (distillation).
 
     Raises NonFiniteLoss (on every rank) as soon as a loss is nan/inf, before the optimiser
     touches the weights, so the last saved checkpoint stays the last good one."""
@@ -192,7 +237,11 @@ def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: 
             b = prep(batch, train=True)
             with autocast(prep.device, amp, amp_dtype):
                 outputs = model(b["x"], b["text"], b["text_mask"], with_aux=True)
-            loss = compute_loss(loss_fn, outputs, b["y"], model)
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(b["x"]).float()
+            loss = compute_loss(loss_fn, outputs, b["y"], model, t_logits)
             bad = not torch.isfinite(loss.detach()).item()
             if any_true(bad, info, prep.device if prep.device.startswith("cuda") else "cpu"):
                 raise NonFiniteLoss(f"loss became {loss.item() if bad else 'nan/inf on another rank'} "
@@ -365,6 +414,11 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
         weight = (D.class_weights(train_data.labels, len(class_names)).to(device)
                   if cfg.class_weights == "balanced" else None)
         loss_fn = make_loss(cfg, weight, device)
+        teacher, teacher_side = None, None
+        if cfg.teacher is not None:
+            teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, device)
+            if cl:
+                teacher.to(memory_format=torch.channels_last)
         scaler = (torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16"
                   and device.startswith("cuda") else None)
         train_loader = D.BatchLoader(train_data, cfg.batch_size, True, cfg.seed, info.rank, info.world,
@@ -404,6 +458,10 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             "train_config": cfg.to_dict(),
             "world_size": info.world,
         }
+        if teacher_side is not None:
+            sidecar["teacher"] = {"path": str(cfg.teacher), "model": teacher_side.get("model"),
+                                  "metrics": teacher_side.get("metrics"),
+                                  "sha256": file_sha256(ck.checkpoint_paths(cfg.teacher)[0])}
         sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
         stop_reason = "epochs"
         for epoch in range(state["epoch"], cfg.epochs):
@@ -428,7 +486,7 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             try:
                 tr = train_one_epoch(net, loss_fn, optimizer, train_loader, prep, amp=cfg.amp,
                                      amp_dtype=cfg.amp_dtype, scaler=scaler, clip_grad=cfg.clip_grad,
-                                     dist_info=info, progress=emit, epoch=epoch)
+                                     dist_info=info, progress=emit, epoch=epoch, teacher=teacher)
             except NonFiniteLoss as e:
                 last = run_dir / "last.safetensors"
                 keep = (f"the last good checkpoint is {last} (epoch {state['epoch']})"

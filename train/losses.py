@@ -56,6 +56,16 @@ class CrossEntropy(nn.Module):
                                label_smoothing=self.label_smoothing)
 
 
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float = 4.0) -> torch.Tensor:
+    """Hinton et al. 2015's soft-target term: T^2 * KL(softmax(t/T) || softmax(s/T)), mean over
+    the batch. The T^2 keeps its gradients on the scale of the hard loss's whatever T is."""
+    t = float(temperature)
+    log_p = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * t * t
+
+
 class FocalLoss(nn.Module):
     """Multi-class focal loss, mean over the batch: alpha * w_y * (1 - p_t)^gamma * CE.
 

@@ -61,6 +61,9 @@ def command(
     max_steps: Annotated[Optional[int], _O(help="At most this many steps per epoch (smoke tests).")] = None,
     frames: Annotated[Optional[int], _O(help="Frames per clip for video models.")] = None,
     tensorboard: Annotated[Optional[bool], _O("--tensorboard/--no-tensorboard")] = None,
+    teacher: Annotated[Optional[Path], _O(help="Distil from this trained checkpoint (run dir or .safetensors).")] = None,
+    distill_alpha: Annotated[Optional[float], _O(help="Weight of the teacher's soft targets (0..1).")] = None,
+    distill_temperature: Annotated[Optional[float], _O(help="Softmax temperature of the soft targets.")] = None,
 ) -> None:
     """Train MODEL on a manifest; the best checkpoint is chosen on the validation split."""
     from rich.console import Console
@@ -75,7 +78,8 @@ def command(
                  clip_grad=clip_grad, amp=amp, amp_dtype=amp_dtype, channels_last=channels_last,
                  augment=augment, early_stop=early_stop, select_metric=select_metric, seed=seed,
                  out=out, resume=resume or None, device=device, workers=workers, threads=threads,
-                 max_steps=max_steps, frames=frames, tensorboard=tensorboard)
+                 max_steps=max_steps, frames=frames, tensorboard=tensorboard, teacher=teacher,
+                 distill_alpha=distill_alpha, distill_temperature=distill_temperature)
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
     try:
         opts = _model_options(model_opt or [])
