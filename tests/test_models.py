@@ -332,3 +332,16 @@ def test_bf16_autocast_on_cpu_gives_a_float32_loss(name):
     loss = own if own is not None else F.cross_entropy(logits_of(out).float(), y)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_add_logit_bias_shifts_every_logit_exactly(name):
+    """`train calibrate` writes its logit adjustment into the weights through this hook."""
+    model = tiny(name).eval()
+    x, kw, _ = make_batch(model, 3)
+    k = model.config.num_classes
+    bias = torch.linspace(-1.0, 2.0, k)
+    with torch.no_grad():
+        before = model(x, **kw)
+        model.add_logit_bias(bias)
+        torch.testing.assert_close(model(x, **kw), before + bias, rtol=1e-4, atol=1e-4)

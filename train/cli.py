@@ -19,9 +19,10 @@ from train.commands import eval as _eval, export as _export, predict as _predict
 app.command("eval")(_eval.command)
 app.command("predict")(_predict.command)
 app.command("export")(_export.command)
-from train.commands import models as _models, run as _run  # noqa: E402
+from train.commands import calibrate as _calibrate, models as _models, run as _run  # noqa: E402
 app.command("run")(_run.command)
 app.command("models")(_models.command)
+app.command("calibrate")(_calibrate.command)
 
 
 def main(argv: list[str] | None = None) -> None:

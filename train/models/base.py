@@ -46,6 +46,17 @@ class FERModel(nn.Module):
     def cam_layer(self) -> nn.Module | None:
         return None
 
+    def add_logit_bias(self, bias: torch.Tensor) -> None:
+        """Shift every output logit by `bias` (K,), in the weights themselves, so the saved
+        checkpoint carries it and every consumer (eval, predict, export) sees the same model.
+        The default adds it to `self.head`'s bias, the last Linear of most models here."""
+        head = getattr(self, "head", None)
+        if not isinstance(head, nn.Linear) or head.bias is None:
+            raise NotImplementedError(f"{type(self).__name__} has no final nn.Linear `head` with a "
+                                      "bias; override add_logit_bias")
+        with torch.no_grad():
+            head.bias.add_(torch.as_tensor(bias, dtype=head.bias.dtype, device=head.bias.device))
+
     def param_groups(self, epoch: int, base_lr: float) -> list[dict] | None:
         """Optimizer groups, or None for "all parameters at base_lr". The list has the same
         groups in the same order for every epoch, so an optimizer built once (and its resumed

@@ -245,6 +245,14 @@ class CMAEN(FERModel):
     def forward_head(self, feats):
         return self._heads(feats)[0]
 
+    def add_logit_bias(self, bias):
+        # final = w1 * emotion + w2 * fusion (w = softmax of the ensemble weights): a shift of
+        # bias / w2 in the fusion head's last bias moves the final logits by exactly `bias`
+        last = self.fusion_head[-1]
+        w2 = torch.softmax(self.ensemble.detach(), dim=0)[1]
+        with torch.no_grad():
+            last.bias.add_(torch.as_tensor(bias, dtype=last.bias.dtype, device=last.bias.device) / w2)
+
     def forward(self, x, text=None, text_mask=None, *, with_aux: bool = False):
         self._check_input(x, text)
         final, emotion, fusion = self._heads(self.forward_features(x))
