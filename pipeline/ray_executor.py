@@ -16,7 +16,6 @@ Ray is an optional extra, imported only here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa

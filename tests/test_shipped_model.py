@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "train" / "weights"
