@@ -114,7 +114,7 @@ peers-weights: setup-bench
 	$(PY) benchmarks/bench_peers.py --fetch-only
 
 bench-peers: peers-weights
-	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(if $(OURS),--ours $(OURS))
+	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(foreach o,$(OURS),--ours $(o))
 
 # The FER2013 ablation (BorderlineSMOTE vs class weights vs bicubic x4, same model and budget):
 # About 75 min on 2 CPU cores at ABLATION_EPOCHS=4 (the README's table); resumable, finished

@@ -161,13 +161,16 @@ def load_ours(path: Path) -> Contender:
         raise BenchError(f"{path}: model {sidecar['model']['name']!r} needs caption features or clips; "
                          "this benchmark compares image classifiers on raw test faces")
     pre = preprocess_of(sidecar)
+    p = Path(path)
+    label = p.name if p.is_dir() else (p.parent.name if p.stem in ("best", "last") else p.stem)
     return Contender(
-        f"ours: {sidecar['model']['name']} ({path})", f"ours: {sidecar['model']['name']}", model, pre.apply,
+        f"ours: {sidecar['model']['name']} ({path})", f"ours: {label}", model, pre.apply,
         _canonical_index(class_names(sidecar), str(path)),
         params,
         note=f"preprocess {pre.to_dict()}",
         channels_last_ok=bool(getattr(model, "channels_last_ok", True)),
-        extra={"checkpoint_metrics": sidecar.get("metrics")},
+        extra={"ours": True, "checkpoint_metrics": sidecar.get("metrics"),
+               "logit_adjustment": (sidecar.get("logit_adjustment") or {}).get("tau")},
     )
 
 
@@ -336,14 +339,48 @@ def print_table(report: dict, batch: int) -> None:
     console.print(t)
 
 
-def run(data: Path, manifest: Path, ours: Path | None, out: Path, threads: int, batch: int,
+TARGET_LATENCY_RATIO = 2.0  # issue 6: higher accuracy than both peers at <= 2x their latency
+
+
+def target_check(results: list[dict], batch: int) -> list[dict]:
+    """For each of our models: accuracy (all rows and leak-free) and UAR against every peer, and
+    its latency as a multiple of each peer's at batch 1 and at `batch`."""
+    peers = [r for r in results if not r.get("ours")]
+    out = []
+    for r in (r for r in results if r.get("ours")):
+        s, lat = r["subsets"], r["latency"]
+
+        def above(key, subset):
+            return all(s[subset][key] > p["subsets"][subset][key] for p in peers)
+
+        ratios = {p["short"]: {"batch1": lat["batch1_ms"] / p["latency"]["batch1_ms"],
+                               f"batch{batch}": lat[f"batch{batch}_ms_per_image"]
+                               / p["latency"][f"batch{batch}_ms_per_image"]} for p in peers}
+        within = all(v <= TARGET_LATENCY_RATIO for d in ratios.values() for v in d.values())
+        acc = above("accuracy", "all") and above("accuracy", "leak_free")
+        out.append({"model": r["short"], "accuracy_above_both": acc, "uar_above_both": above("uar", "all"),
+                    "latency_ratio": ratios, "latency_within_2x": within, "target_met": acc and within})
+    return out
+
+
+def print_targets(report: dict) -> None:
+    yn = {True: "yes", False: "no"}
+    for t in report.get("targets", []):
+        ratio = "; ".join(f"{peer} " + ", ".join(f"{v:.2f}x at {k.replace('batch', 'batch ')}" for k, v in d.items())
+                          for peer, d in t["latency_ratio"].items())
+        print(f"{t['model']}: accuracy above both peers {yn[t['accuracy_above_both']]}, UAR above both "
+              f"{yn[t['uar_above_both']]}; latency vs {ratio} (all <= 2x: {yn[t['latency_within_2x']]}); "
+              f"target {'met' if t['target_met'] else 'not met'}")
+
+
+def run(data: Path, manifest: Path, ours: Path | list[Path] | None, out: Path, threads: int, batch: int,
         calls: int, download: bool, limit: int | None, log=print) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     contenders = load_peers(download)
-    if ours is not None:
-        contenders.append(load_ours(ours))
+    for path in ([] if ours is None else [ours] if isinstance(ours, (str, Path)) else ours):
+        contenders.append(load_ours(path))
     ts = load_test_set(data, manifest)
     if limit:
         # a seeded sample, not the first rows: manifests are sorted, the head is one class
@@ -368,7 +405,8 @@ def run(data: Path, manifest: Path, ours: Path | None, out: Path, threads: int, 
             f"{lat[f'batch{batch}_ms_per_image']:.3f} ms/img at batch {batch} ({lat[f'batch{batch}_mode']})")
     info["load_average_end"] = os.getloadavg()
     report = {"benchmark": "peers", "test_source": ts.source, "rows": int(len(ts.y)),
-              "limited": bool(limit), "machine": info, "models": results}
+              "limited": bool(limit), "machine": info, "models": results,
+              "targets": target_check(results, batch)}
     from features.manifest import atomic_write_bytes
 
     atomic_write_bytes(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
@@ -381,7 +419,8 @@ def main(
                                             "--manifest is absent).")] = ROOT.parent / "shared" / "data" / "fer2013",
     manifest: Annotated[Path, typer.Option(help="Ingested FER2013 test manifest; preferred when it exists.")]
     = ROOT / "manifests" / "fer_test.parquet",
-    ours: Annotated[Path | None, typer.Option(help="Our checkpoint (run dir or .safetensors) to add.")] = None,
+    ours: Annotated[list[Path] | None, typer.Option(help="Our checkpoint (run dir or .safetensors) "
+                                                         "to add; repeat it for several.")] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON report goes.")] = ROOT / "runs" / "bench" / "peers.json",
     threads: Annotated[int, typer.Option(help="torch.set_num_threads for evaluation and timing.")] = 2,
     batch: Annotated[int, typer.Option(help="The large batch size timed (and used to evaluate).")] = 256,
@@ -403,6 +442,7 @@ def main(
         typer.echo(f"bench-peers: {e}", err=True)
         raise typer.Exit(2) from None
     print_table(report, batch)
+    print_targets(report)
     typer.echo(f"wrote {out}")
 
 

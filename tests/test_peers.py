@@ -457,7 +457,7 @@ def test_run_with_our_checkpoint_writes_the_report(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     (ours,) = saved["models"]
-    assert ours["short"] == "ours: vgg" and ours["subsets"]["all"]["n"] == 8
+    assert ours["short"] == "ours: run" and ours["subsets"]["all"]["n"] == 8
     assert ours["subsets"]["leak_free"]["n"] == 6 and ours["latency"]["batch1_ms"] > 0
     assert sum(ours["predicted_counts"].values()) == 8
     modes = {f"{f} {p}" for f in ("contiguous", "channels_last") for p in ("fp32", "bf16")}
@@ -477,3 +477,25 @@ def test_ours_with_classes_outside_fer2013_is_refused(tmp_path):
         "preprocess": Preprocess.default_for(48, 1).to_dict()})
     with pytest.raises(_bench().BenchError, match="positive"):
         _bench().load_ours(ckpt)
+
+
+def test_target_check_compares_ours_with_every_peer():
+    """issue 6's target: higher accuracy (all and leak-free rows) than both peers at <= 2x
+    their per-image latency, at batch 1 and at the large batch; UAR reported beside."""
+    bench = _bench()
+
+    def row(short, acc, lf, uar, b1, b256, ours=False):
+        return {"short": short, "ours": ours, "latency": {"batch1_ms": b1, "batch256_ms_per_image": b256},
+                "subsets": {"all": {"accuracy": acc, "uar": uar}, "leak_free": {"accuracy": lf, "uar": uar}}}
+
+    peers = [row("a", 0.65, 0.63, 0.62, 1.0, 0.2), row("b", 0.50, 0.48, 0.43, 0.9, 0.8)]
+    fast = row("ours: fast", 0.66, 0.64, 0.63, 1.7, 0.39, ours=True)
+    slow = row("ours: slow", 0.66, 0.64, 0.60, 2.4, 0.75, ours=True)
+    leaky = row("ours: leaky", 0.66, 0.62, 0.63, 1.0, 0.1, ours=True)
+    got = {t["model"]: t for t in bench.target_check(peers + [fast, slow, leaky], 256)}
+    assert set(got) == {"ours: fast", "ours: slow", "ours: leaky"}
+    assert got["ours: fast"]["target_met"] and got["ours: fast"]["uar_above_both"]
+    assert got["ours: fast"]["latency_ratio"]["a"]["batch256"] == pytest.approx(1.95)
+    assert not got["ours: slow"]["target_met"] and got["ours: slow"]["accuracy_above_both"]
+    assert not got["ours: slow"]["latency_within_2x"] and not got["ours: slow"]["uar_above_both"]
+    assert not got["ours: leaky"]["accuracy_above_both"] and got["ours: leaky"]["latency_within_2x"]
