@@ -25,6 +25,16 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+def training_log(run: Path, sidecar: dict) -> Path:
+    """The run's log.jsonl; a `train calibrate` output has none, so its source run's."""
+    if (run / "log.jsonl").exists():
+        return run / "log.jsonl"
+    src = (sidecar.get("logit_adjustment") or {}).get("source", {}).get("path")
+    if src and (Path(src).parent / "log.jsonl").exists():
+        return Path(src).parent / "log.jsonl"
+    raise SystemExit(f"{run} has no log.jsonl (nor does the run it was calibrated from)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="a `train run` output folder")
@@ -40,8 +50,8 @@ def main(argv=None) -> int:
     shutil.copyfile(args.run / "best.safetensors", dst)
     shutil.copyfile(args.run / "best.json", WEIGHTS / f"{args.name}.json")
     report = evaluate(dst, args.test, EvalConfig(tta="flip", plots=True), out_dir=args.run / "test_eval")
-    log = [json.loads(x) for x in (args.run / "log.jsonl").read_text().splitlines() if x.strip()]
     sidecar = json.loads((WEIGHTS / f"{args.name}.json").read_text())
+    log = [json.loads(x) for x in training_log(args.run, sidecar).read_text().splitlines() if x.strip()]
     v = report["variants"]
     results = {
         "checkpoint": dst.name,
@@ -50,6 +60,8 @@ def main(argv=None) -> int:
         "selected_on": sidecar.get("selected_on"),
         "epoch": sidecar.get("epoch"),
         "val_metrics": sidecar.get("metrics"),
+        "logit_adjustment": sidecar.get("logit_adjustment"),
+        "teacher": sidecar.get("teacher"),
         "test": {name: {mode: {k: s[k] for k in ("n", "war", "uar", "macro_f1") if k in s}
                         for mode, s in modes.items()} for name, modes in v.items()},
         "curve": [{k: e[k] for k in ("epoch", "val_acc", "val_uar", "train_loss", "train_s") if k in e}

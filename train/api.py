@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "fer2013_vgg"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
 DETECTORS = ("haar", "retinaface", "none")
 
 
@@ -46,7 +47,10 @@ class Face:
 
 
 def default_checkpoint() -> Path:
-    """The package's shipped model, or a message that says how to get one."""
+    """The package's shipped default model (DEFAULT_MODEL, else the first shipped file), or a
+    message that says how to get one."""
+    if (WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors").exists():
+        return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
     files = sorted(WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
     if not files:
         raise PredictError(
