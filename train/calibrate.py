@@ -109,10 +109,10 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
     recorded = sidecar.get("manifests") or {}
     val_manifest = Path(val_manifest or recorded.get("val", {}).get("path", ""))
     train_manifest = Path(train_manifest or recorded.get("train", {}).get("path", ""))
-    for role, p in (("--val", val_manifest), ("--train-manifest", train_manifest)):
+    for flag, p, role in (("--val", val_manifest, "val"), ("--train-manifest", train_manifest, "train")):
         if not p.is_file():
-            raise EvalError(f"{role} {p} does not exist; pass the manifest (the checkpoint records "
-                            f"{recorded.get(role.strip('-').split('-')[0], {}).get('path')})")
+            raise EvalError(f"{flag} {p} does not exist; pass the manifest (the checkpoint records "
+                            f"{recorded.get(role, {}).get('path')} as its {role} manifest)")
     names = class_names_of(sidecar)
     try:
         _, vls = open_manifest(val_manifest)
