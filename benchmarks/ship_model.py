@@ -25,16 +25,6 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
-def training_log(run: Path, sidecar: dict) -> Path:
-    """The run's log.jsonl; a `train calibrate` output has none, so its source run's."""
-    if (run / "log.jsonl").exists():
-        return run / "log.jsonl"
-    src = (sidecar.get("logit_adjustment") or {}).get("source", {}).get("path")
-    if src and (Path(src).parent / "log.jsonl").exists():
-        return Path(src).parent / "log.jsonl"
-    raise SystemExit(f"{run} has no log.jsonl (nor does the run it was calibrated from)")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, type=Path, help="a `train run` output folder")
@@ -43,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--command", default="", help="the train run command line, for the card")
     args = ap.parse_args(argv)
 
-    from train.evaluate import EvalConfig, evaluate
+    from train.evaluate import EvalConfig, evaluate, training_log_of
 
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     dst = WEIGHTS / f"{args.name}.safetensors"
@@ -51,7 +41,10 @@ def main(argv=None) -> int:
     shutil.copyfile(args.run / "best.json", WEIGHTS / f"{args.name}.json")
     report = evaluate(dst, args.test, EvalConfig(tta="flip", plots=True), out_dir=args.run / "test_eval")
     sidecar = json.loads((WEIGHTS / f"{args.name}.json").read_text())
-    log = [json.loads(x) for x in training_log(args.run, sidecar).read_text().splitlines() if x.strip()]
+    log_path = training_log_of(args.run)  # a `train calibrate` output: its source run's log
+    if log_path is None:
+        raise SystemExit(f"{args.run} has no log.jsonl (nor does the run it was calibrated from)")
+    log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
     v = report["variants"]
     results = {
         "checkpoint": dst.name,

@@ -96,3 +96,18 @@ def test_cli_calibrate_and_its_refusals(setup):
     r = _cli(["calibrate", "-c", str(d / "cli"), "--val", str(val), "--train-manifest", str(train),
               "--out", str(d / "twice")])
     assert r.exit_code == 2 and "already logit-adjusted" in r.output, r.output
+
+
+def test_eval_of_a_calibrated_checkpoint_finds_the_source_training_log(setup):
+    """Training curves in `train eval`'s plots (and ship_model's card) come from the run the
+    adjusted checkpoint was calibrated from: the calibrate folder holds no log of its own."""
+    from train.calibrate import CalibrateConfig, calibrate
+    from train.evaluate import training_log_of
+
+    d, train, val, _ = setup
+    run = d / "logged"
+    tiny_checkpoint(run, log=True, seed=2)
+    calibrate(run, val, d / "logged_adj", CalibrateConfig(), train_manifest=train)
+    assert training_log_of(d / "logged_adj") == run / "log.jsonl"
+    assert training_log_of(d / "logged_adj" / "best.safetensors") == run / "log.jsonl"
+    assert training_log_of(d / "run") is None  # tiny_checkpoint without log=True

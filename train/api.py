@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "fer2013_vgg"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
+DEFAULT_MODEL = "fer2013_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
 DETECTORS = ("haar", "retinaface", "none")
 
 

@@ -473,7 +473,7 @@ def write_plots(out_dir: Path, model, preprocess, rows: Rows, logits: np.ndarray
         if feats is not None:
             written["tsne"] = plots.tsne(feats, targets[idx], shown, out_dir / "tsne.png",
                                          max_points=cfg.tsne_points)
-    log = _run_log(checkpoint)
+    log = training_log_of(checkpoint)
     if log is not None:
         curve = plots.training_curves(plots.read_log(log), out_dir / "training_curves.png")
         if curve is not None:
@@ -481,10 +481,20 @@ def write_plots(out_dir: Path, model, preprocess, rows: Rows, logits: np.ndarray
     return {k: Path(v).name for k, v in written.items()}
 
 
-def _run_log(checkpoint) -> Path | None:
+def training_log_of(checkpoint) -> Path | None:
+    """The training log beside the checkpoint; for a `train calibrate` output, its source run's."""
     if checkpoint is None:
         return None
     p = Path(checkpoint)
     d = p if p.is_dir() else p.parent
     log = d / "log.jsonl"
-    return log if log.is_file() else None
+    if log.is_file():
+        return log
+    try:
+        from train.checkpoint import CheckpointError, read_sidecar
+
+        src = ((read_sidecar(p).get("logit_adjustment") or {}).get("source") or {}).get("path")
+    except (CheckpointError, OSError, ValueError):
+        return None
+    log = Path(src).parent / "log.jsonl" if src else None
+    return log if log is not None and log.is_file() else None
