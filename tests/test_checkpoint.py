@@ -109,9 +109,9 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, pair, monkeypatch):
     real = loop.compute_loss
     calls = {"n": 0}
 
-    def poisoned(loss_fn, outputs, target, model):
+    def poisoned(loss_fn, outputs, target, model, teacher_logits=None):
         calls["n"] += 1
-        loss = real(loss_fn, outputs, target, model)
+        loss = real(loss_fn, outputs, target, model, teacher_logits)
         return loss * float("nan") if calls["n"] > 2 else loss
 
     monkeypatch.setattr(loop, "compute_loss", poisoned)
