@@ -66,17 +66,15 @@ def class_prior(train_manifest: Path, to_model: tuple, num_classes: int) -> np.n
 
 def adjustment_curve(logits: np.ndarray, targets: np.ndarray, log_prior: np.ndarray,
                      taus: np.ndarray) -> list[dict]:
-    """Validation accuracy, UAR and macro-F1 of argmax(logits - tau * log_prior), per tau."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    """Validation accuracy, UAR and macro-F1 of argmax(logits - tau * log_prior), per tau (scored
+    by the trainer's own validation metrics)."""
+    import torch
 
-    out = []
-    labels = list(range(logits.shape[1]))
-    for tau in taus:
-        pred = (logits - tau * log_prior).argmax(1)
-        out.append({"tau": float(tau), "acc": float(accuracy_score(targets, pred)),
-                    "uar": float(balanced_accuracy_score(targets, pred)),
-                    "f1": float(f1_score(targets, pred, labels=labels, average="macro", zero_division=0))})
-    return out
+    from train.loop import metrics
+
+    y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+    return [{"tau": float(tau), **metrics(torch.as_tensor(logits - tau * log_prior), y, logits.shape[1])}
+            for tau in taus]
 
 
 def choose_tau(curve: list[dict], max_acc_drop: float) -> dict:
@@ -151,30 +149,7 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
               "seconds": round(time.perf_counter() - t0, 2)}
     text = json.dumps(report, indent=2)
     atomic_write_bytes(out_dir / "calibrate.json", lambda tmp: Path(tmp).write_text(text + "\n"))
-    report["plot"] = str(plot_curve(curve, best, out_dir / "calibrate.png"))
+    from train.plots import logit_adjustment_curve
+
+    report["plot"] = str(logit_adjustment_curve(curve, best["tau"], out_dir / "calibrate.png"))
     return report
-
-
-def plot_curve(curve: list[dict], best: dict, path: Path) -> Path:
-    """Validation accuracy and UAR against tau, the chosen tau marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    taus = [r["tau"] for r in curve]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for key, label in (("acc", "accuracy (WAR)"), ("uar", "UAR (mean recall)"), ("f1", "macro-F1")):
-        ax.plot(taus, [100 * r[key] for r in curve], label=label)
-    ax.axvline(best["tau"], color="grey", ls="--", lw=1)
-    ax.annotate(f"tau = {best['tau']:g}", (best["tau"], 100 * best["uar"]), textcoords="offset points",
-                xytext=(6, -14), fontsize=8)
-    ax.set_xlabel("tau (logits - tau * log prior)")
-    ax.set_ylabel("validation %")
-    ax.set_title("Logit adjustment on the validation split")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

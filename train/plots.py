@@ -198,3 +198,22 @@ def training_curves(log_rows: list[dict], path: str | Path) -> Path | None:
         if keys:
             ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def logit_adjustment_curve(curve: list[dict], tau: float, path: str | Path) -> Path:
+    """`train calibrate`'s validation accuracy, UAR and macro-F1 against tau, the chosen tau marked."""
+    plt = _plt()
+    taus = [r["tau"] for r in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label in (("acc", "accuracy (WAR)"), ("uar", "UAR (mean recall)"), ("f1", "macro-F1")):
+        ax.plot(taus, [100 * r[key] for r in curve], label=label)
+    chosen = next(r for r in curve if r["tau"] == tau)
+    ax.axvline(tau, color="grey", ls="--", lw=1)
+    ax.annotate(f"tau = {tau:g}", (tau, 100 * chosen["uar"]), textcoords="offset points",
+                xytext=(6, -14), fontsize=8)
+    ax.set_xlabel("tau (logits - tau * log prior)")
+    ax.set_ylabel("validation %")
+    ax.set_title("Logit adjustment on the validation split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
