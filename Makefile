@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,ray,bench]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,ray,bench,pretrained]'
 	# facexlib (named by the design card) without its deps: its metadata asks for opencv-python,
 	# which clashes with opencv-python-headless; the RetinaFace path needs neither numba nor filterpy.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps facexlib==0.3.0

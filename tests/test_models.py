@@ -30,6 +30,9 @@ TINY: dict[str, dict] = {
     "clip-adapter": dict(hidden_dim=64, dropout=0.0),
     "dfew-2d": dict(backbone="resnet18", frames=4, input_size=32),
     "r3d18": dict(frames=4, input_size=32),
+    "efficientnet-lite0": dict(input_size=32, pretrained=None, drop_rate=0.0, drop_path_rate=0.0),
+    "efficientnet-lite1": dict(input_size=32, pretrained=None, drop_rate=0.0, drop_path_rate=0.0),
+    "efficientnet-lite2": dict(input_size=32, pretrained=None, drop_rate=0.0, drop_path_rate=0.0),
 }
 CLIP_IMAGE = dict(mode="image", encoder="tiny", input_size=32, feature_dim=24, hidden_dim=64,
                   dropout=0.0, unfreeze_epoch=2, unfreeze_blocks=1, encoder_lr=1e-3)

@@ -463,6 +463,8 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
                                   "metrics": teacher_side.get("metrics"),
                                   "sha256": file_sha256(ck.checkpoint_paths(cfg.teacher)[0])}
         sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
+        if getattr(model, "pretrained_file", None):  # which ImageNet file the run started from
+            sidecar["model"]["pretrained_file"] = model.pretrained_file
         stop_reason = "epochs"
         for epoch in range(state["epoch"], cfg.epochs):
             new_groups = param_groups(net, epoch, cfg.lr)

@@ -99,6 +99,7 @@ def command(
 
 
 def _run(cfg, err):
+    from features.hub import WeightsNotFound
     from features.manifest import ManifestError
     from train.checkpoint import CheckpointError
     from train.config import ConfigError
@@ -110,7 +111,8 @@ def _run(cfg, err):
     try:
         with display:
             return fit(cfg, progress=display.on_event)
-    except (ManifestError, DataError, TrainError, CheckpointError, ConfigError, UnknownModel) as e:
+    except (ManifestError, DataError, TrainError, CheckpointError, ConfigError, UnknownModel,
+            WeightsNotFound) as e:
         err.print(f"[red]train run:[/red] {e}")
         raise typer.Exit(2) from None
     except TypeError as e:  # the registry's "model X has no option(s) ..." message

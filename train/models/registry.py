@@ -43,6 +43,7 @@ _FAMILY_MODULES = (
     "train.models.cmaen",
     "train.models.clip_adapter",
     "train.models.video",
+    "train.models.efficientnet_lite",
 )
 
 _REGISTRY: dict[str, tuple[type, Callable[[Any], FERModel]]] = {}
