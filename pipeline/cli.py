@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import typer
 
+from features.cli_edge import EdgeGroup
+
 from pipeline.commands import ingest, schema, stats, synth
 
 app = typer.Typer(
+    cls=EdgeGroup,  # one line + exit 2 for every user error (features/cli_edge.py)
     help="affectlab offline preprocessing: datasets -> Parquet manifests (queried with DuckDB).",
     no_args_is_help=True,
     add_completion=False,

@@ -45,6 +45,7 @@ from features.manifest import (
     check_schema,
     open_manifest,
     read_manifest,
+    sweep_stale_tmp,
     to_table,
     write_manifest,
 )
@@ -295,6 +296,9 @@ def run_stage(
     out_path = shard_path(out_path, cfg.shard)
     work = Path(cfg.work_dir) if cfg.work_dir else Path(str(out_path_base(out_path)) + ".work")
     stage_dir = work / stage.name
+    # a run killed mid-write left temp files; the writers are dead, so their files go
+    sweep_stale_tmp(stage_dir)
+    sweep_stale_tmp(out_path.parent)
 
     t0 = time.perf_counter()
     if cfg.executor == "ray":
@@ -482,19 +486,11 @@ def _check_coverage(con, in_path: Path, merged: pa.Table, rejects: list[dict]) -
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. 'cuda' without one is a clear error."""
-    device = (device or "auto").lower()
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise StageError(f"--device {device!r}: expected auto, cpu or cuda (cuda:N)")
-    if device == "cpu":
-        return "cpu"
-    import torch
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. 'cuda' without one is a clear error
+    (features.device.DeviceError, the resolver every command shares)."""
+    from features.device import resolve_device as resolve
 
-    if torch.cuda.is_available():
-        return "cuda" if device == "auto" else device
-    if device == "auto":
-        return "cpu"
-    raise StageError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu (or auto)")
+    return resolve(device)
 
 
 def autocast_dtype(device: str, dtype: str | None = "auto"):
@@ -619,11 +615,16 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
     from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from features.device import DeviceError
     from features.hub import WeightsNotFound
+    from features.manifest import OutputError, check_writable
+    from features.weights import WeightsError
 
     console = Console(stderr=True)
     try:
         open_manifest(in_path)  # a bad input is reported before a progress bar appears
+        check_writable(shard_path(out_path, cfg.shard))  # ... and an unwritable output too
+        resolve_device(cfg.device)
         with Bar(TextColumn(f"[bold]{stage.name}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                  console=console, transient=False) as bar:
@@ -635,7 +636,7 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
                 bar.update(task, completed=done, total=total, rate=f"{done / dt:.1f} img/s" if dt > 0 else "")
 
             report = run_stage(stage, in_path, out_path, cfg, progress=update)
-    except (ManifestError, StageError, WeightsNotFound) as e:
+    except (ManifestError, StageError, WeightsNotFound, DeviceError, WeightsError, OutputError) as e:
         # typer.echo, not rich: a path in the message must not be wrapped across lines
         typer.echo(f"pipeline {stage.name}: {e}", err=True)
         raise typer.Exit(2) from None

@@ -244,7 +244,9 @@ def test_parse_shard_and_devices():
 
     if not torch.cuda.is_available():
         assert resolve_device("auto") == "cpu"
-        with pytest.raises(StageError, match="no CUDA"):
+        from features.device import DeviceError
+
+        with pytest.raises(DeviceError, match="no CUDA"):
             resolve_device("cuda")
 
 

@@ -132,7 +132,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu", name: str = "best"):
         load_model(model, str(weights), strict=True, device=str(device))
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit the model the sidecar describes "
-                              f"({side['model']['name']}): {e}") from None
+                              f"({side['model']['name']}): {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError (truncated/foreign file), OSError
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); pass the best.safetensors "
+                              "that `train run` wrote, beside its .json sidecar") from None
     model.to(device).eval()
     return model, side
 
@@ -142,9 +146,16 @@ def class_names(sidecar: dict) -> list[str]:
 
 
 def preprocess_of(sidecar: dict):
+    """The sidecar's preprocessing; CheckpointError naming the missing field when it is incomplete."""
     from train.transforms import Preprocess
 
-    return Preprocess.from_dict(sidecar["preprocess"])
+    if not isinstance(sidecar.get("preprocess"), dict):
+        raise CheckpointError("checkpoint sidecar lacks its preprocessing spec ('preprocess'); use the "
+                              ".json that `train run` wrote beside the weights")
+    try:
+        return Preprocess.from_dict(sidecar["preprocess"])
+    except ValueError as e:  # PreprocessError: a missing or bad field, named
+        raise CheckpointError(str(e)) from None
 
 
 # ---- resume state -----------------------------------------------------------------------

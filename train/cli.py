@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from features.cli_edge import EdgeGroup
+
 app = typer.Typer(
+    cls=EdgeGroup,  # one line + exit 2 for every user error (features/cli_edge.py)
     help="affectlab trainer: train, evaluate, export and serve FER models from manifests.",
     no_args_is_help=True,
     add_completion=False,

@@ -330,6 +330,20 @@ def _ensemble(logits: list[np.ndarray]) -> np.ndarray:
     return np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
 
 
+def default_out(checkpoints: list[Path], manifest: Path) -> Path:
+    """Where `train eval` writes without --out: `<run dir>/eval-<manifest>` beside a checkpoint
+    of the user's, but `runs/eval/<name>-<manifest>` (under the working folder) for one shipped
+    inside the package (train/weights/), which must stay as installed."""
+    first = Path(checkpoints[0])
+    base = first if first.is_dir() else first.parent
+    tag = manifest.stem if len(checkpoints) == 1 else f"ensemble{len(checkpoints)}-{manifest.stem}"
+    package = Path(__file__).resolve().parent
+    if base.resolve().is_relative_to(package):
+        name = first.name if first.is_dir() else first.stem
+        return Path("runs") / "eval" / f"{name}-{tag}"
+    return base / f"eval-{tag}"
+
+
 def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: EvalConfig,
              out_dir: str | Path | None = None,
              progress: Callable[[int], None] | None = None) -> dict:

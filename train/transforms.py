@@ -19,6 +19,10 @@ GREY_STD = (0.5,)
 RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 
 
+class PreprocessError(ValueError):
+    """A sidecar whose preprocessing spec is missing a field or holds a bad value."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     size: tuple[int, int]  # (height, width)
@@ -52,8 +56,16 @@ class Preprocess:
 
     @staticmethod
     def from_dict(d: dict) -> "Preprocess":
-        return Preprocess(tuple(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
-                          d.get("resize", "bilinear"))
+        """A checkpoint sidecar's "preprocess" dict; PreprocessError names a missing or bad field."""
+        try:
+            return Preprocess(tuple(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
+                              d.get("resize", "bilinear"))
+        except KeyError as e:
+            raise PreprocessError(f"checkpoint sidecar: preprocess.{e.args[0]} is missing; use the .json "
+                                  "that `train run` wrote beside the weights") from None
+        except (TypeError, ValueError) as e:
+            raise PreprocessError(f"checkpoint sidecar: preprocess is not usable ({e}); use the .json "
+                                  "that `train run` wrote beside the weights") from None
 
     def to_uint8(self, images: Sequence[np.ndarray]):
         """Decoded images -> uint8 tensor (N, C, H, W) at this spec's size and channels."""

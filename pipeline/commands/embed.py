@@ -38,7 +38,7 @@ def command(
     from pipeline.embed import EmbedConfig, EmbedStage, check_input
     from pipeline.runner import cli_run, make_config
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     run_cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
                           num_gpus_per_worker)
     try:

@@ -38,7 +38,7 @@ def command(
 
     from pipeline.ingest import IngestConfig, IngestError, ingest, write_rejects, write_result
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     cfg = IngestConfig(
         layout=layout, dataset=dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
         label_set=label_set, labels=tuple(labels.split(",")) if labels else None,

@@ -20,7 +20,7 @@ def command(
     from features.manifest import ManifestError
     from pipeline.runner import StageError, merge_shards
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         res = merge_shards(shards, out, check_in=check)
     except (StageError, ManifestError) as e:

@@ -57,7 +57,7 @@ def command(
 
     from features.manifest import ManifestError
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         report = collect(manifests, preset, tuple(b.strip() for b in by.split(",") if b.strip()))
     except (ManifestError, ValueError, KeyError) as e:

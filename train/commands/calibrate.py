@@ -22,7 +22,7 @@ def command(
     tau_max: Annotated[float, typer.Option("--tau-max")] = 1.5,
     tau_step: Annotated[float, typer.Option("--tau-step")] = 0.05,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
 ) -> None:
     """Logit adjustment (logits - tau * log prior) with tau chosen on validation rows: more
     recall on rare classes (UAR) for a bounded loss of accuracy. The test split is not read."""
@@ -33,7 +33,12 @@ def command(
     from train.checkpoint import CheckpointError
     from train.evaluate import EvalError
 
+    from features.device import resolve_device
+    from features.manifest import check_same_set
+
     console = Console(stderr=True, soft_wrap=True)
+    device = resolve_device(device)
+    check_same_set([val, train_manifest])
     try:
         cfg = CalibrateConfig(max_acc_drop=max_acc_drop, tau_max=tau_max, tau_step=tau_step,
                               batch_size=batch_size, device=device)

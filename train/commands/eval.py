@@ -16,12 +16,13 @@ def command(
     tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none | flip | tencrop "
                                      "(reported beside the plain number).")] = "none",
     out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json, report.md and "
-                                             "the PNG plots (default: <checkpoint dir>/eval-<manifest>).")] = None,
+                                             "the PNG plots (default: <checkpoint dir>/eval-<manifest>; runs/eval/<name>-<manifest> "
+                                             "for a checkpoint shipped inside the package).")] = None,
     label_map: Annotated[str, typer.Option("--label-map", help="auto: score another label set zero-shot "
                                            "through the shared emotions; none: refuse a mismatch.")] = "auto",
     split: Annotated[str, typer.Option("--split", help="Which split's rows to score.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
     image_features: Annotated[Path | None, typer.Option("--image-features", help="Feature file for "
                                                         "models that take embeddings.")] = None,
@@ -36,13 +37,14 @@ def command(
     from train.evaluate import EvalConfig, EvalError, evaluate
 
     console = Console(stderr=True, soft_wrap=True)
-    if device == "auto":
-        import torch
+    from features.device import resolve_device
+    from features.manifest import check_writable
+    from train.evaluate import default_out
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if out is None:
-        base = checkpoint[0] if checkpoint[0].is_dir() else checkpoint[0].parent
-        out = base / (f"eval-{manifest.stem}" if len(checkpoint) == 1 else f"eval-ensemble{len(checkpoint)}-{manifest.stem}")
+        out = default_out(checkpoint, manifest)
+    check_writable(out / "report.json")  # before minutes of scoring, not after
     try:
         cfg = EvalConfig(tta=tta, label_map=label_map, split=split, batch_size=batch_size, device=device,
                          plots=plots, image_features=image_features, text_features=text_features)

@@ -107,9 +107,17 @@ def _run(cfg, err):
     from train.loop import TrainError, fit
     from train.models.registry import UnknownModel
 
+    from features.device import resolve_device
+    from features.manifest import check_same_set, sweep_stale_tmp
+    from train.data import sibling_val
+
+    resolve_device(cfg.device)  # `--device cuda` on a CPU machine: one line here, not a traceback later
+    if cfg.manifest:
+        check_same_set([cfg.manifest, cfg.val or sibling_val(cfg.manifest)])
     display = _Display(err, enabled=int(os.environ.get("RANK", "0")) == 0)
     try:
-        with display:
+        with display, _run_lock(Path(cfg.out)):
+            sweep_stale_tmp(cfg.out)
             return fit(cfg, progress=display.on_event)
     except (ManifestError, DataError, TrainError, CheckpointError, ConfigError, UnknownModel,
             WeightsNotFound) as e:
@@ -120,6 +128,48 @@ def _run(cfg, err):
             raise
         err.print(f"[red]train run:[/red] {e}")
         raise typer.Exit(2) from None
+
+
+class _run_lock:
+    """An exclusive fcntl.flock on RUN_DIR/.lock for the whole run: a second `train run` into the
+    same --out stops at once (exit 2) instead of silently replacing the first one's files. The
+    kernel drops the lock when the process dies, so a killed run never leaves it held. Only rank
+    0 takes it under torchrun (the ranks of one run share the folder)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.f = run_dir, None
+
+    def __enter__(self):
+        import fcntl
+
+        if int(os.environ.get("RANK", "0")) != 0:
+            return self
+        from features.manifest import check_writable
+
+        check_writable(self.run_dir / ".lock", "--out")
+        self.f = open(self.run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "another process"
+            self.f.close()
+            self.f = None
+            raise RunLocked(f"{self.run_dir} is in use by another `train run` ({holder}); wait for it "
+                            "or choose another --out") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(f"pid {os.getpid()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()  # closing releases the flock
+
+
+class RunLocked(RuntimeError):
+    """Another `train run` holds the run folder's lock."""
 
 
 class _Display:

