@@ -1,8 +1,16 @@
 """Face detection, crop and eye alignment, shared by `pipeline faces` and `train predict`.
 
-Two backends:
+Three backends:
 
-* ``haar`` (default, offline): OpenCV's frontal-face Haar cascade, shipped inside the
+* ``mtcnn`` (offline, with five landmarks): facenet-pytorch's MTCNN (Zhang et al. 2016, "Joint
+  Face Detection and Alignment using Multi-task Cascaded Convolutional Networks"; MIT-licensed
+  port of the authors' Caffe weights). Its P-, R- and O-net state dicts (1.9 MB) ship inside the
+  wheel (``facenet_pytorch/data/*.pt``), so nothing is downloaded. Install it with ``pip install
+  --no-deps facenet-pytorch==2.6.0`` (``make setup``): its metadata pins an old torch. The
+  package's own nets call ``torch.load`` without ``weights_only``, so affectlab builds them with
+  ``pretrained=False`` and loads the same files itself with ``torch.load(weights_only=True)``,
+  then runs the package's ``detect_face`` (batched over images of one size).
+* ``haar`` (the no-extra fallback, offline): OpenCV's frontal-face Haar cascade, shipped inside the
   opencv-python(-headless) 4.x wheel (`cv2.data.haarcascades`; OpenCV 5.0 moved the cascades out
   of the main wheel, which is why affectlab pins opencv 4.14). The eye cascade, run inside the
   upper half of each face, gives two eye centres for alignment when it finds them.
@@ -27,7 +35,9 @@ import numpy as np
 
 from features.hub import WeightsNotFound
 
-BACKENDS = ("haar", "retinaface")
+BACKENDS = ("mtcnn", "haar", "retinaface")
+MTCNN_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+MTCNN_INSTALL = "pip install --no-deps facenet-pytorch==2.6.0 (make setup)"
 RETINAFACE_FILES = {
     "resnet50": "detection_Resnet50_Final.pth",
     "mobile0.25": "detection_mobilenet0.25_Final.pth",
@@ -97,6 +107,82 @@ def _detect_haar(img: np.ndarray, min_size: int, eyes: bool) -> list[Face]:
     return faces
 
 
+# --------------------------------------------------------------------------- MTCNN
+
+
+def mtcnn_available() -> bool:
+    """True when facenet-pytorch is installed (its weights may still be missing or corrupt)."""
+    import importlib.util
+
+    return importlib.util.find_spec("facenet_pytorch") is not None
+
+
+@lru_cache(maxsize=2)
+def load_mtcnn(device: str = "cpu"):
+    """(pnet, rnet, onet) from facenet-pytorch's wheel, read with torch.load(weights_only=True).
+
+    Raises FaceError (one line) when the package is absent or a weights file is missing or corrupt.
+    """
+    try:
+        from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+    except ImportError as e:
+        raise FaceError(f"--detector mtcnn needs facenet-pytorch ({e}); install it with {MTCNN_INSTALL}, "
+                        "or use --detector haar") from None
+    import facenet_pytorch
+    import torch
+
+    data = Path(facenet_pytorch.__file__).parent / "data"
+    nets = []
+    for cls, fname in zip((PNet, RNet, ONet), MTCNN_FILES):
+        path = data / fname
+        net = cls(pretrained=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        except FileNotFoundError:
+            raise FaceError(f"MTCNN weights {path} are missing; reinstall with {MTCNN_INSTALL}") from None
+        except Exception as e:  # unpickling / zip / shape errors all mean the same to a user
+            raise FaceError(f"MTCNN weights {path} cannot be read ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); reinstall with {MTCNN_INSTALL}") from None
+        nets.append(net.eval().to(device))
+    return tuple(nets)
+
+
+# Zhang et al.'s stage thresholds and pyramid factor, as facenet-pytorch's MTCNN defaults them
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)
+MTCNN_FACTOR = 0.709
+
+
+def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float, device: str) -> list[list[Face]]:
+    """Faces of several images; images of one size run through the cascade as one batch."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    pnet, rnet, onet = load_mtcnn(device)
+    rgb = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in imgs]
+    out: list[list[Face]] = [[] for _ in imgs]
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(rgb):
+        groups.setdefault(im.shape, []).append(i)
+    thresholds = list(MTCNN_THRESHOLDS[:2]) + [max(MTCNN_THRESHOLDS[2], threshold)]
+    for shape, idx in groups.items():
+        if min(shape[:2]) < 12:  # below P-net's 12-pixel window there is nothing to search
+            continue
+        with torch.inference_mode():
+            boxes, points = detect_face(np.stack([rgb[i] for i in idx]), min_size, pnet, rnet, onet,
+                                        thresholds, MTCNN_FACTOR, torch.device(device))
+        h_img, w_img = shape[:2]
+        for i, bx, pt in zip(idx, boxes, points):
+            for b, p in zip(np.asarray(bx, np.float64).reshape(-1, 5), np.asarray(pt, np.float32).reshape(-1, 5, 2)):
+                x1, y1 = max(0.0, b[0]), max(0.0, b[1])
+                x2, y2 = min(float(w_img), b[2]), min(float(h_img), b[3])
+                w, h = int(round(x2 - x1)), int(round(y2 - y1))
+                if w < min_size or h < min_size:
+                    continue
+                out[i].append(Face((int(round(x1)), int(round(y1)), w, h), float(b[4]), p))
+    return out
+
+
 # --------------------------------------------------------------------------- RetinaFace
 
 
@@ -136,9 +222,10 @@ def load_retinaface(weights_path: str, device: str = "cpu"):
 
     path = Path(weights_path)
     model = RetinaFace(network_name=_network_of(path), half=False, device=torch.device(device))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    from features.weights import load_state_dict
+
+    state = load_state_dict(path, "RetinaFace detector", f"facexlib's {RETINAFACE_FILES[_network_of(path)]}",
+                            key="state_dict")
     # the official file was saved from a DataParallel model: keys may start with 'module.'
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
@@ -182,17 +269,38 @@ def detect_faces(
     eyes: bool = True,
     device: str = "cpu",
 ) -> list[Face]:
-    """Faces in `img`, largest first. `threshold` is RetinaFace's score cut; Haar ignores it."""
-    if img.ndim not in (2, 3) or img.dtype != np.uint8:
-        raise FaceError(f"detect_faces wants a uint8 HxW or HxWx3 image, got {img.dtype} {img.shape}")
+    """Faces in `img` (uint8 HxW or HxWx3 RGB), largest first.
+
+    `threshold` is the score cut of RetinaFace and of MTCNN's last stage (never below its 0.7
+    default); Haar ignores it. Boxes are x, y, w, h in source pixels; MTCNN and RetinaFace give 5
+    landmarks (eyes, nose, mouth corners), Haar at most the two eyes. Raises FaceError.
+    """
+    return detect_faces_batch([img], backend, weights_dir, min_size, threshold, eyes, device)[0]
+
+
+def detect_faces_batch(
+    imgs: list[np.ndarray],
+    backend: str = "haar",
+    weights_dir: str | Path | None = None,
+    min_size: int = 20,
+    threshold: float = 0.8,
+    eyes: bool = True,
+    device: str = "cpu",
+) -> list[list[Face]]:
+    """`detect_faces` for several images at once (MTCNN batches images of equal size)."""
+    for img in imgs:
+        if img.ndim not in (2, 3) or img.dtype != np.uint8:
+            raise FaceError(f"detect_faces wants a uint8 HxW or HxWx3 image, got {img.dtype} {img.shape}")
     if backend == "haar":
-        faces = _detect_haar(img, min_size, eyes)
+        found = [_detect_haar(img, min_size, eyes) for img in imgs]
+    elif backend == "mtcnn":
+        found = _detect_mtcnn(list(imgs), min_size, threshold, device)
     elif backend == "retinaface":
-        faces = _detect_retinaface(img, weights_dir, min_size, threshold, device)
+        found = [_detect_retinaface(img, weights_dir, min_size, threshold, device) for img in imgs]
     else:
         raise FaceError(f"face backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     # largest first; ties by position so the order never depends on the detector's internals
-    return sorted(faces, key=lambda f: (-f.area, f.box[1], f.box[0]))
+    return [sorted(faces, key=lambda f: (-f.area, f.box[1], f.box[0])) for faces in found]
 
 
 def eye_angle(face: Face) -> float:

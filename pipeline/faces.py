@@ -48,6 +48,13 @@ class FaceStage:
             # fail at once (before any batch) when the checkpoint is not here
             self._weights = retinaface_weights(self.weights_dir)
             self._weights_sha = file_sha256(self._weights, 16)  # once: settings() is asked per batch
+        if self.backend == "mtcnn":
+            from features.faces import load_mtcnn
+
+            try:  # fail at once when facenet-pytorch or its weights are missing or corrupt
+                load_mtcnn(self.device)
+            except FaceError as e:
+                raise StageError(str(e)) from None
 
     def settings(self) -> dict:
         s = {"backend": self.backend, "pad": self.pad, "size": self.size, "min_size": self.min_size,
@@ -55,6 +62,8 @@ class FaceStage:
         if self.backend == "retinaface":
             s |= {"threshold": self.threshold, "weights": self._weights.name,
                   "weights_sha256": self._weights_sha}
+        if self.backend == "mtcnn":
+            s |= {"threshold": self.threshold, "weights": "facenet-pytorch==2.6.0"}
         return s
 
     def setup(self) -> None:
@@ -62,6 +71,10 @@ class FaceStage:
             from features.faces import load_retinaface
 
             load_retinaface(str(self._weights), self.device)  # loaded once, cached per process
+        elif self.backend == "mtcnn":
+            from features.faces import load_mtcnn
+
+            load_mtcnn(self.device)
         else:
             import numpy as np
 

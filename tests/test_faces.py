@@ -58,8 +58,8 @@ def test_crop_pads_outside_the_image_with_border_pixels():
 
 
 def test_bad_backend_and_missing_retinaface_weights(tmp_path):
-    with pytest.raises(FaceError, match="expected one of haar, retinaface"):
-        detect_faces(np.zeros((8, 8), np.uint8), backend="mtcnn")
+    with pytest.raises(FaceError, match="expected one of mtcnn, haar, retinaface"):
+        detect_faces(np.zeros((8, 8), np.uint8), backend="dlib")
     with pytest.raises(WeightsNotFound, match="detection_Resnet50_Final.pth"):
         detect_faces(np.zeros((8, 8), np.uint8), backend="retinaface", weights_dir=tmp_path)
 

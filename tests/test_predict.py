@@ -54,7 +54,7 @@ def predictor(ckpt):
     torch.set_num_threads(1)
     from train.api import EmotionPredictor
 
-    return EmotionPredictor.from_checkpoint(ckpt)
+    return EmotionPredictor.from_checkpoint(ckpt, fallback=False)  # "auto": MTCNN when installed
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_api_detector_none_and_inputs_of_every_kind(ckpt, inputs, astronaut):
         (f,) = p.predict(src)
         assert f.box == (0, 0, 48, 48) and f.face_score is None
     assert p.predict(inputs / "sub" / "astronaut.png")[0].box == (0, 0, 512, 512)
-    with pytest.raises(PredictError, match="detector 'mtcnn' unknown"):
-        EmotionPredictor.from_checkpoint(ckpt, detector="mtcnn")
+    with pytest.raises(PredictError, match="detector 'dlib' unknown"):
+        EmotionPredictor.from_checkpoint(ckpt, detector="dlib")
     with pytest.raises(PredictError, match="retinaface"):
         EmotionPredictor.from_checkpoint(ckpt, detector="retinaface")
     with pytest.raises(PredictError, match="cannot use a dict"):
@@ -215,17 +215,23 @@ def test_cli_json_csv_table(ckpt, inputs, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     by = {Path(d["source"]).name: d for d in data}
-    assert by["blank.png"]["status"] == "no_face" and len(by["astronaut.png"]["faces"][0]["topk"]) == 2
-    assert "logits" not in by["astronaut.png"]["faces"][0]
+    # no face in blank.png: its central square is classified, and every output says so
+    assert by["blank.png"]["status"] == "ok" and by["blank.png"]["faces"][0]["face_source"] == "whole_image"
+    assert by["astronaut.png"]["faces"][0]["face_source"] == "detector"
+    assert len(by["astronaut.png"]["faces"][0]["topk"]) == 2 and "logits" not in by["astronaut.png"]["faces"][0]
     r = runner.invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), "--csv"])
     assert r.exit_code == 0
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("source,frame,status,face,label,prob,box,topk") and len(lines) == 3
+    assert lines[0].startswith("source,frame,time_s,status,face,face_source,label,prob,box,topk") and len(lines) == 3
+    assert sum(",whole_image," in line for line in lines) == 1
+    assert "2 inputs/frames, 2 faces (1 face_source=whole_image" in r.stderr
+    r = runner.invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), "--json", "--no-fallback"])
+    assert r.exit_code == 0 and {d["status"] for d in json.loads(r.stdout)} == {"ok", "no_face"}
     r = runner.invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt)])
-    assert r.exit_code == 0 and "1 inputs/frames, 1 faces, 0 without a face, 0 errors" in r.stderr
+    assert r.exit_code == 0 and "1 inputs/frames, 1 faces (0 face_source=whole_image" in r.stderr
     assert "box (x,y,w,h)" in r.stdout and any(name in r.stdout for name in FER)
     r = runner.invoke(app, ["predict", str(tmp_path / "nothing.png"), "--checkpoint", str(ckpt)])
-    assert r.exit_code == 1 and "no such file" in r.stderr
+    assert r.exit_code == 2 and "no such file" in r.stderr
 
 
 def test_cli_without_checkpoint_says_what_to_do(inputs, monkeypatch, tmp_path):

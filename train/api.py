@@ -20,7 +20,12 @@ import numpy as np
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "fer2013_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
-DETECTORS = ("haar", "retinaface", "none")
+DETECTORS = ("auto", "mtcnn", "haar", "retinaface", "none")
+# "auto": MTCNN when facenet-pytorch is installed (docs/predict.md has the wild_dev figures that
+# chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
+# each side) tuned so a crop frames the face as FER2013 does (docs/predict.md, bench-photos):
+PADS = {"mtcnn": 0.1, "haar": 0.05, "retinaface": 0.1}
+FACE_SOURCES = ("detector", "whole_image")
 
 
 class PredictError(ValueError):
@@ -35,6 +40,7 @@ class FacePrediction:
     topk: tuple[tuple[str, float], ...]
     face_score: float | None = None  # detector confidence (Haar has none: 1.0), None without a detector
     logits: tuple[float, ...] = field(default=(), repr=False)  # raw, for temporal smoothing and ensembles
+    face_source: str = "detector"  # detector | whole_image (no face found: the central square was classified)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Face:
     box: tuple[int, int, int, int]
     score: float | None
     crop: np.ndarray = field(repr=False)
+    source: str = "detector"  # detector | whole_image
 
 
 def default_checkpoint() -> Path:
@@ -84,9 +91,13 @@ def load_image(src: Any) -> np.ndarray:
             return decode(bytes(src))[0]
         except BadImage as e:
             raise PredictError(f"not a readable image ({e})") from None
-    if hasattr(src, "convert"):  # a PIL image
-        im = src.convert("L") if src.mode in ("L", "1", "I", "F") else src.convert("RGB")
-        return np.asarray(im)
+    if hasattr(src, "convert"):  # a PIL image: the same orientation / bit-depth / alpha rules as a file
+        from features.images import to_array
+
+        try:
+            return to_array(src)
+        except (OSError, ValueError) as e:
+            raise PredictError(f"cannot use this PIL image ({e})") from None
     raise PredictError(f"cannot use a {type(src).__name__} as an image: pass a path, bytes, PIL image "
                        "or uint8 array")
 
@@ -124,14 +135,42 @@ def load(path: str | Path | None):
     return model.eval(), sidecar
 
 
+def central_square(image: np.ndarray) -> Face:
+    """The largest centred square of `image`: what is classified when no face is found (a photo
+    that is already a tight face crop, as many portrait photos are, is kept instead of lost)."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    x, y = (w - side) // 2, (h - side) // 2
+    return Face((int(x), int(y), int(side), int(side)), None, image[y:y + side, x:x + side], "whole_image")
+
+
 class EmotionPredictor:
     """Face detection -> crop -> the checkpoint's preprocessing -> model -> top-k probabilities."""
 
-    def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "haar",
-                 device: str = "cpu", pad: float = 0.2, min_face: int = 24, batch_size: int = 64,
-                 weights_dir: str | Path | None = None, sidecar: dict | None = None):
+    def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "auto",
+                 device: str = "cpu", pad: float | None = None, min_face: int = 24, batch_size: int = 64,
+                 weights_dir: str | Path | None = None, sidecar: dict | None = None, fallback: bool = True):
+        """`detector` one of DETECTORS ("auto": MTCNN if installed, else Haar, with `notice` saying
+        so); `pad` the crop margin per side as a fraction of the face box (None: PADS[detector]);
+        `fallback` classifies the central square of a photo where no face is found
+        (face_source "whole_image") instead of returning no prediction for it."""
         if detector not in DETECTORS:
             raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
+        self.notice = ""
+        if detector == "auto":
+            from features.faces import MTCNN_INSTALL, mtcnn_available
+
+            detector = "mtcnn" if mtcnn_available() else "haar"
+            if detector == "haar":
+                self.notice = (f"facenet-pytorch is not installed, so faces are found with OpenCV's Haar "
+                               f"cascade (fewer faces found); {MTCNN_INSTALL} for the MTCNN detector")
+        if detector == "mtcnn":  # fail once here (package missing, weights corrupt), not once per image
+            from features.faces import FaceError, load_mtcnn
+
+            try:
+                load_mtcnn(device)
+            except FaceError as e:
+                raise PredictError(str(e)) from None
         kind = getattr(model, "input_kind", "image")
         if kind == "feature" or getattr(model, "needs_text", False):
             takes = "precomputed embeddings" if kind == "feature" else "caption text features"
@@ -149,7 +188,8 @@ class EmotionPredictor:
         self.preprocess = preprocess
         self.detector = detector
         self.device = device
-        self.pad = pad
+        self.pad = PADS.get(detector, 0.0) if pad is None else pad
+        self.fallback = fallback
         self.min_face = min_face
         self.batch_size = batch_size
         self.weights_dir = weights_dir
@@ -169,18 +209,31 @@ class EmotionPredictor:
     # -- faces ---------------------------------------------------------------------------------
     def faces(self, image: np.ndarray) -> list[Face]:
         """Every face in `image`, largest first; the whole image when the detector is 'none'."""
-        h, w = image.shape[:2]
+        return self.faces_batch([image])[0]
+
+    def faces_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces of several images (MTCNN runs images of one size as a batch), largest first.
+
+        An image without a face gets its central square (face_source "whole_image") when
+        `fallback` is on, else []. Raises PredictError when the detector cannot run.
+        """
         if self.detector == "none":
-            return [Face((0, 0, int(w), int(h)), None, image)]
-        from features.faces import FaceError, crop_face, detect_faces
+            return [[Face((0, 0, int(im.shape[1]), int(im.shape[0])), None, im, "whole_image")] for im in images]
+        from features.faces import FaceError, crop_face, detect_faces_batch
 
         try:
-            found = detect_faces(image, backend=self.detector, weights_dir=self.weights_dir,
-                                 min_size=self.min_face)
+            found = detect_faces_batch(list(images), backend=self.detector, weights_dir=self.weights_dir,
+                                       min_size=self.min_face, device=self.device)
         except (FaceError, FileNotFoundError) as e:  # FileNotFoundError: missing RetinaFace weights
             raise PredictError(f"face detector {self.detector!r}: {e}") from None
-        return [Face(tuple(int(v) for v in f.box), None if f.score is None else float(f.score),
-                     crop_face(image, f, pad=self.pad, align=True)) for f in found]
+        out = []
+        for image, fs in zip(images, found):
+            faces = [Face(tuple(int(v) for v in f.box), None if f.score is None else float(f.score),
+                          crop_face(image, f, pad=self.pad, align=True)) for f in fs]
+            if not faces and self.fallback:
+                faces = [central_square(image)]
+            out.append(faces)
+        return out
 
     # -- model ---------------------------------------------------------------------------------
     def inputs(self, crops: Sequence[np.ndarray]):
@@ -218,7 +271,7 @@ class EmotionPredictor:
 
     def predict_batch(self, images: Sequence[Any], k: int = 3) -> list[list[FacePrediction]]:
         """Faces of many images, classified in batches; one list per image, in order."""
-        found = [self.faces(load_image(im)) for im in images]
+        found = self.faces_batch([load_image(im) for im in images])
         flat = [f for fs in found for f in fs]
         logits = self.logits([f.crop for f in flat])
         preds = iter(zip(flat, logits, self.describe_logits(logits, k)))
@@ -228,7 +281,7 @@ class EmotionPredictor:
             for _ in fs:
                 face, lg, (label, prob, topk) = next(preds)
                 row.append(FacePrediction(label, prob, face.box, topk, face.score,
-                                          tuple(float(v) for v in lg)))
+                                          tuple(float(v) for v in lg), face.source))
             out.append(row)
         return out
 

@@ -38,12 +38,14 @@ class Record:
     """One image or video frame: its faces, or why there are none."""
 
     source: str
-    status: str  # ok | no_face | error
+    status: str  # ok | no_face | error | skipped
     message: str = ""
     frame: int | None = None
     faces: tuple[FacePrediction, ...] = ()
     gradcam: tuple[str, ...] = ()
     description: tuple[dict, ...] = ()  # per face: {"caption": ..., "vqa": {question: answer}}
+    time_s: float | None = None  # video frames: the container's timestamp (CAP_PROP_POS_MSEC)
+    true_label: str | None = None  # labelled folders (<root>/<class>/<file>): the folder's class
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,9 @@ class PredictConfig:
 
 
 def collect(inputs: Sequence[str | int | Path]) -> tuple[list[Source], list[Record]]:
-    """Expand inputs into sources; missing paths and empty folders become error records."""
+    """Expand inputs into sources; missing paths and empty folders become error records, files
+    in folders with other extensions (.heic, .txt, ...) one `skipped` record each, so the summary
+    counts them."""
     sources, errors = [], []
     for item in inputs:
         if isinstance(item, int) or (isinstance(item, str) and item.isdigit() and not Path(item).exists()):
@@ -68,7 +72,10 @@ def collect(inputs: Sequence[str | int | Path]) -> tuple[list[Source], list[Reco
             continue
         p = Path(item)
         if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            every = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+            files = [q for q in every if q.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS]
+            errors.extend(Record(str(q), "skipped", f"extension {q.suffix or '(none)'} is not an image or "
+                                 "video type predict reads") for q in every if q.suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS)
             if not files:
                 errors.append(Record(str(p), "error", "folder holds no image or video files "
                                      f"({', '.join(sorted(IMAGE_EXTS))}, ...)"))
@@ -86,39 +93,52 @@ def _source_of(p: Path) -> Source:
 
 def predict_images(predictor: EmotionPredictor, paths: Sequence[str], cfg: PredictConfig,
                    describer=None, progress: Callable[[int], None] | None = None) -> list[Record]:
-    """Images in chunks: each file is read and searched for faces on its own (so one bad file
-    costs only its own record), then the chunk's faces go through the model as one batch."""
+    """Images in chunks: each file is read on its own (so one bad file costs only its own record),
+    the chunk's readable images are searched for faces together (MTCNN batches equal sizes), then
+    the chunk's faces go through the model as one batch."""
     out: list[Record] = []
     for start in range(0, len(paths), cfg.batch_files):
         chunk = paths[start:start + cfg.batch_files]
-        loaded = []
+        images, errs = {}, {}
         for path in chunk:
             try:
-                img = load_image(path)
-                loaded.append((path, img, predictor.faces(img), None))
+                images[path] = load_image(path)
             except PredictError as e:
-                loaded.append((path, None, [], str(e)))
-        crops = [f.crop for _, _, faces, _ in loaded for f in faces]
+                errs[path] = str(e)
+        found = dict(zip(images, predictor.faces_batch(list(images.values()))))
+        crops = [f.crop for faces in found.values() for f in faces]
         logits = predictor.logits(crops)
         described = iter(zip(logits, predictor.describe_logits(logits, cfg.top_k)))
-        for path, img, faces, err in loaded:
-            if err is not None:
-                out.append(Record(str(path), "error", err))
+        for path in chunk:
+            faces = found.get(path, [])
+            if path in errs:
+                out.append(Record(str(path), "error", errs[path]))
             elif not faces:
                 out.append(Record(str(path), "no_face", f"no face found (detector {predictor.detector}); "
-                                  "try --detector none if the image is already a face crop"))
+                                  "drop --no-fallback to classify the whole image, or use --detector none "
+                                  "if the images are already face crops"))
             else:
                 preds = []
                 for f in faces:
                     lg, (label, prob, topk) = next(described)
-                    preds.append(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg))))
-                cams = save_gradcams(predictor, faces, preds, Path(path).stem, cfg.gradcam_dir) \
+                    preds.append(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg)), f.source))
+                cams = save_gradcams(predictor, faces, preds, overlay_stem(path), cfg.gradcam_dir) \
                     if cfg.gradcam_dir else ()
                 text = tuple(describer(f.crop) for f in faces) if describer else ()
-                out.append(Record(str(path), "ok", "", None, tuple(preds), cams, text))
+                msg = "no face found: the central square was classified" if faces[0].source == "whole_image" \
+                    and predictor.detector != "none" else ""
+                out.append(Record(str(path), "ok", msg, None, tuple(preds), cams, text))
             if progress is not None:
                 progress(1)
     return out
+
+
+def overlay_stem(path: str | Path) -> str:
+    """A file-name stem unique per input path: a/face.jpg and b/face.jpg give different overlays."""
+    import hashlib
+
+    p = Path(path)
+    return f"{p.stem}_{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
 
 
 def save_gradcams(predictor: EmotionPredictor, faces, preds, stem: str, out_dir: Path,
@@ -148,13 +168,22 @@ def predict_video(predictor: EmotionPredictor, source: Source, cfg: PredictConfi
     from train.video import predict_stream
 
     name = f"camera:{source.ref}" if source.kind == "camera" else str(source.ref)
+    on_faces = None
+    if cfg.gradcam_dir is not None:
+        stem = f"camera{source.ref}" if source.kind == "camera" else overlay_stem(source.ref)
+
+        def on_faces(n, faces, preds):
+            return save_gradcams(predictor, faces, preds, stem, cfg.gradcam_dir, frame=n)
     try:
         frames = predict_stream(predictor, source.ref, window=cfg.window, k=cfg.top_k,
-                                out_video=cfg.out_video, max_frames=cfg.max_frames, progress=progress)
+                                out_video=cfg.out_video, max_frames=cfg.max_frames, progress=progress,
+                                on_faces=on_faces)
     except PredictError as e:
         return [Record(name, "error", str(e))]
-    return [Record(name, "ok" if fr.faces else "no_face", "" if fr.faces else "no face in this frame",
-                   fr.frame, fr.faces) for fr in frames]
+    untimed = "no container timestamps: time = frame / fps" if frames[0].timed_by == "fps" else ""
+    return [Record(name, "ok" if fr.faces else "no_face",
+                   "; ".join(m for m in ("" if fr.faces else "no face in this frame", untimed) if m),
+                   fr.frame, fr.faces, fr.gradcam, time_s=round(fr.time_s, 4)) for fr in frames]
 
 
 def run(predictor: EmotionPredictor, inputs: Sequence[str | int | Path], cfg: PredictConfig,
@@ -169,7 +198,52 @@ def run(predictor: EmotionPredictor, inputs: Sequence[str | int | Path], cfg: Pr
     records += predict_images(predictor, images, cfg, describer, progress)
     for s in streams:
         records += predict_video(predictor, s, cfg, progress)
-    return records
+    return label_from_folders(records, inputs, predictor.class_names)
+
+
+def label_from_folders(records: Sequence[Record], inputs: Sequence[str | int | Path],
+                       class_names: Sequence[str]) -> list[Record]:
+    """Records of images under <input folder>/<class name>/... get that class as `true_label`
+    (folder names matched to the checkpoint's classes, case-insensitive), so a labelled folder is
+    scored (`score_labelled`). Folders whose subfolders are not class names are left alone."""
+    from dataclasses import replace
+
+    by_lower = {c.lower(): c for c in class_names}
+    roots = [Path(i).resolve() for i in inputs if not isinstance(i, int) and Path(i).is_dir()]
+    out = []
+    for r in records:
+        label = None
+        if r.frame is None and r.status != "skipped":
+            p = Path(r.source).resolve()
+            for root in roots:
+                if p.is_relative_to(root) and len(p.relative_to(root).parts) >= 2:
+                    label = by_lower.get(p.relative_to(root).parts[0].lower())
+                    break
+        out.append(replace(r, true_label=label) if label else r)
+    return out
+
+
+def score_labelled(records: Sequence[Record], class_names: Sequence[str]) -> dict | None:
+    """Accuracy and UAR of the labelled records (None when there are none).
+
+    The rule of docs/predict.md: the largest face is the photo's prediction; a photo with no face
+    (or that could not be read) counts as wrong; accuracy over all labelled photos; UAR is the
+    mean recall over the classes that have photos. Also the face-found rate (detector only, and
+    detector or whole-image fallback) and the accuracy on photos where the detector found a face.
+    """
+    rows = [r for r in records if r.true_label is not None]
+    if not rows:
+        return None
+    pred = [r.faces[0].label if r.faces else None for r in rows]
+    truth = [r.true_label for r in rows]
+    hit = np.array([p == t for p, t in zip(pred, truth)])
+    by_det = np.array([bool(r.faces) and r.faces[0].face_source == "detector" for r in rows])
+    recalls = [hit[[t == c for t in truth]].mean() for c in class_names if c in truth]
+    return {"photos": len(rows), "accuracy": float(hit.mean()), "uar": float(np.mean(recalls)),
+            "face_found": float(by_det.mean()),
+            "face_or_fallback": float(np.mean([bool(r.faces) for r in rows])),
+            "accuracy_on_found": float(hit[by_det].mean()) if by_det.any() else None,
+            "classes": sorted(set(truth))}
 
 
 # ---- optional description: BLIP caption + BLIP-VQA --------------------------------------------
@@ -224,12 +298,14 @@ def to_rows(records: Sequence[Record]) -> list[dict]:
     """One flat row per face (or per face-less / failed input): what CSV and the table show."""
     rows = []
     for r in records:
-        base = {"source": r.source, "frame": r.frame, "status": r.status, "message": r.message}
+        base = {"source": r.source, "frame": r.frame, "time_s": r.time_s, "status": r.status,
+                "message": r.message, "true_label": r.true_label}
         if not r.faces:
-            rows.append(base | {"face": None, "label": None, "prob": None, "box": None, "topk": None})
+            rows.append(base | {"face": None, "label": None, "prob": None, "box": None, "topk": None,
+                                "face_source": None})
         for i, f in enumerate(r.faces):
             row = base | {"face": i, "label": f.label, "prob": round(f.prob, 4), "box": list(f.box),
-                          "topk": [[lab, round(p, 4)] for lab, p in f.topk]}
+                          "topk": [[lab, round(p, 4)] for lab, p in f.topk], "face_source": f.face_source}
             if r.gradcam:
                 row["gradcam"] = r.gradcam[i]
             if r.description:
@@ -251,8 +327,10 @@ def to_json(records: Sequence[Record]) -> str:
 
 def to_csv(records: Sequence[Record]) -> str:
     rows = to_rows(records)
-    cols = ["source", "frame", "status", "face", "label", "prob", "box", "topk", "message"]
+    cols = ["source", "frame", "time_s", "status", "face", "face_source", "label", "prob", "box", "topk",
+            "message"]
     extra = [c for c in ("gradcam", "caption", "vqa") if any(c in r for r in rows)]
+    extra += ["true_label"] if any(r["true_label"] for r in rows) else []
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols + extra, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -274,8 +352,12 @@ def _cell(v):
 
 
 def summary(records: Sequence[Record]) -> dict:
+    """Counts for the summary line; `processed` is what was read (0 -> the CLI exits 2)."""
     faces = sum(len(r.faces) for r in records)
-    return {"inputs": len(records), "faces": faces,
+    return {"inputs": sum(r.status != "skipped" for r in records), "faces": faces,
+            "whole_image": sum(f.face_source == "whole_image" for r in records for f in r.faces),
             "no_face": sum(r.status == "no_face" for r in records),
-            "errors": sum(r.status == "error" for r in records)}
+            "errors": sum(r.status == "error" for r in records),
+            "skipped": sum(r.status == "skipped" for r in records),
+            "processed": sum(r.status in ("ok", "no_face") for r in records)}
 

@@ -24,9 +24,11 @@ FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv
 @dataclass(frozen=True)
 class FrameResult:
     frame: int
-    time_s: float
+    time_s: float  # the container's timestamp of this frame (CAP_PROP_POS_MSEC), else frame / fps
     faces: tuple[FacePrediction, ...]  # smoothed over the window, largest first
     track_ids: tuple[int, ...]
+    gradcam: tuple[str, ...] = ()  # overlay files written for this frame's faces
+    timed_by: str = "container"  # container | fps (the file or camera gave no usable timestamps)
 
 
 def iou(a, b) -> float:
@@ -103,8 +105,17 @@ def annotate(frame_rgb: np.ndarray, faces, ids) -> np.ndarray:
 
 def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, window: int = 16,
                    k: int = 3, out_video: str | Path | None = None, max_frames: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[FrameResult]:
-    """Every frame of a video file or camera -> smoothed predictions; optionally an annotated video."""
+                   progress: Callable[[int], None] | None = None,
+                   on_faces: Callable[[int, list, tuple], tuple[str, ...]] | None = None) -> list[FrameResult]:
+    """Every frame of a video file or camera -> smoothed predictions; optionally an annotated video.
+
+    Frame times are the container's timestamps (CAP_PROP_POS_MSEC after each read), so a
+    variable-frame-rate file reports when a frame is shown, not frame / fps; when a source gives
+    none (a camera, or a file whose timestamps do not increase) every time is frame / fps and
+    `timed_by` says "fps". `on_faces(frame, faces, predictions)` (e.g. Grad-CAM overlays) returns
+    the files it wrote for that frame. Raises PredictError when the source cannot be opened or
+    yields no frame.
+    """
     import cv2
 
     smoother = Smoother(window)
@@ -113,11 +124,13 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
     fps = fps if fps > 0 else 25.0  # cameras often report 0
     writer = None
     results: list[FrameResult] = []
+    stamps: list[float] = []
     try:
         while max_frames is None or len(results) < max_frames:
             ok, bgr = cap.read()
             if not ok:
                 break
+            stamps.append(float(cap.get(cv2.CAP_PROP_POS_MSEC)))
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             faces = predictor.faces(rgb)
             raw = predictor.logits([f.crop for f in faces])
@@ -127,7 +140,8 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
             preds = tuple(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg)))
                           for f, lg, (label, prob, topk) in zip(faces, smoothed, described))
             n = len(results)
-            results.append(FrameResult(n, n / fps, preds, tuple(ids)))
+            cams = on_faces(n, faces, preds) if on_faces is not None and faces else ()
+            results.append(FrameResult(n, n / fps, preds, tuple(ids), cams))
             if out_video is not None:
                 if writer is None:
                     writer = _writer(out_video, fps, rgb.shape[1], rgb.shape[0])
@@ -139,8 +153,20 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
         if writer is not None:
             writer.release()
     if not results:
-        raise PredictError(f"{source}: opened, but no frame could be read from it")
-    return results
+        raise PredictError(f"{source}: opened, but no frame could be read from it (zero frames)")
+    return _with_times(results, stamps)
+
+
+def _with_times(results: list[FrameResult], stamps_ms: list[float]) -> list[FrameResult]:
+    """Container times when they are usable (all >= 0 and strictly increasing), else keep frame / fps."""
+    from dataclasses import replace
+
+    ok = len(stamps_ms) == len(results) and all(t >= 0 for t in stamps_ms) and (
+        len(stamps_ms) == 1 or all(b > a for a, b in zip(stamps_ms, stamps_ms[1:])))
+    if not ok:
+        return [replace(r, timed_by="fps") for r in results]
+    # OpenCV's FFmpeg backend reports the first frame at 0 ms; a one-frame file has nothing to check
+    return [replace(r, time_s=t / 1000.0) for r, t in zip(results, stamps_ms)]
 
 
 def _writer(path: str | Path, fps: float, width: int, height: int):

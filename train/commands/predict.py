@@ -17,11 +17,14 @@ def command(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout (one row per face).")] = False,
     gradcam: Annotated[Path | None, typer.Option("--gradcam", help="Folder for Grad-CAM overlay PNGs.")] = None,
-    detector: Annotated[str, typer.Option("--detector", help="haar (offline default) | retinaface "
-                                          "(needs its weights in --weights-dir) | none (inputs are crops).")] = "haar",
+    detector: Annotated[str, typer.Option("--detector", help="auto (mtcnn when facenet-pytorch is "
+                                          "installed, else haar) | mtcnn | haar | retinaface (needs its "
+                                          "weights in --weights-dir) | none (inputs are crops).")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder.")] = None,
-    pad: Annotated[float, typer.Option("--pad", min=0.0, help="Margin around a detected face, "
-                                       "as a fraction of its size.")] = 0.2,
+    pad: Annotated[float | None, typer.Option("--pad", min=0.0, help="Margin around a detected face, "
+                                              "as a fraction of its size (default: tuned per detector).")] = None,
+    no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Report 'no face' instead of "
+                                              "classifying the central square of a photo without one.")] = False,
     window: Annotated[int, typer.Option("--window", min=1, help="Video/camera: frames whose logits "
                                         "are averaged (temporal smoothing).")] = 16,
     out_video: Annotated[Path | None, typer.Option("--out-video", help="Annotated output video "
@@ -40,7 +43,7 @@ def command(
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
     from train.api import EmotionPredictor, PredictError
-    from train.predict import PredictConfig, run, summary, to_csv, to_json
+    from train.predict import PredictConfig, run, score_labelled, summary, to_csv, to_json
 
     err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (grep-able)
     if as_json and as_csv:
@@ -48,7 +51,9 @@ def command(
         raise typer.Exit(2)
     try:
         predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device, pad=pad,
-                                                     weights_dir=weights_dir)
+                                                     weights_dir=weights_dir, fallback=not no_fallback)
+        if predictor.notice:
+            err.print(f"[yellow]note:[/] {predictor.notice}")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
                             describe=describe, caption_model=caption_model, vqa_model=vqa_model,
                             max_frames=max_frames)
@@ -69,11 +74,20 @@ def command(
     for r in records:
         if r.status == "error":
             err.print(f"[yellow]skipped[/] {r.source}: {r.message}")
-    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces, {s['no_face']} without a face, "
-              f"{s['errors']} errors" + (f"; annotated video: {out_video}" if out_video else "")
-              + (f"; Grad-CAM overlays in {gradcam}" if gradcam else ""))
-    if s["errors"] == s["inputs"]:
-        raise typer.Exit(1)
+    cams = sum(len(r.gradcam) for r in records)
+    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces ({s['whole_image']} face_source=whole_image: "
+              f"no face found, central square classified), {s['no_face']} without a face, {s['errors']} errors"
+              + (f", {s['skipped']} files skipped by extension" if s["skipped"] else "")
+              + f"; detector {predictor.detector}"
+              + (f"; annotated video: {out_video}" if out_video else "")
+              + (f"; {cams} Grad-CAM overlays in {gradcam}" if gradcam else ""))
+    scored = score_labelled(records, predictor.class_names)
+    if scored:
+        found = "" if scored["accuracy_on_found"] is None else f", accuracy on found faces {scored['accuracy_on_found']:.1%}"
+        err.print(f"labelled folders ({scored['photos']} photos, classes from folder names): accuracy "
+                  f"{scored['accuracy']:.1%}, UAR {scored['uar']:.1%}, face found {scored['face_found']:.1%}{found}")
+    if s["processed"] == 0:
+        raise typer.Exit(2)
 
 
 def _table(records, top_k: int) -> None:
@@ -84,7 +98,7 @@ def _table(records, top_k: int) -> None:
     for col in ("input", "frame", "face", "box (x,y,w,h)", "label", "prob", f"top-{top_k}"):
         t.add_column(col, overflow="fold")
     for r in records:
-        if r.status == "error":
+        if r.status in ("error", "skipped"):
             continue
         if not r.faces:
             if r.frame is None:
