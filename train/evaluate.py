@@ -487,12 +487,35 @@ def write_plots(out_dir: Path, model, preprocess, rows: Rows, logits: np.ndarray
         if feats is not None:
             written["tsne"] = plots.tsne(feats, targets[idx], shown, out_dir / "tsne.png",
                                          max_points=cfg.tsne_points)
+    worst = worst_confused(probs, targets, WORST_CONFUSED)
+    if len(worst) and rows.images:
+        pred = probs.argmax(axis=1)
+        written["worst_confused"] = plots.thumbnails(
+            [_thumb(rows.images[i]) for i in worst],
+            [f"{rows.sample_ids[i][-10:]}\ntrue {shown[targets[i]]}\npred {shown[pred[i]]} {probs[i, pred[i]]:.2f}"
+             for i in worst],
+            out_dir / "worst_confused.png", title="most confident mistakes")
     log = training_log_of(checkpoint)
     if log is not None:
         curve = plots.training_curves(plots.read_log(log), out_dir / "training_curves.png")
         if curve is not None:
             written["training_curves"] = curve
     return {k: Path(v).name for k, v in written.items()}
+
+
+WORST_CONFUSED = 16  # thumbnails in the report
+
+
+def worst_confused(probs: np.ndarray, targets: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` wrong predictions made with the highest probability, most confident first."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != targets)
+    return wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:n]
+
+
+def _thumb(image):
+    """A row's picture: the middle frame of a clip row, else the image itself."""
+    return image[len(image) // 2] if isinstance(image, list) else image
 
 
 def training_log_of(checkpoint) -> Path | None:

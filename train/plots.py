@@ -217,3 +217,88 @@ def logit_adjustment_curve(curve: list[dict], tau: float, path: str | Path) -> P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def thumbnails(images, captions, path: str | Path, cols: int = 8, title: str = "") -> Path:
+    """A grid of small images (uint8 grey or RGB, any sizes) with a caption under each."""
+    plt = _plt()
+    n = len(images)
+    if n == 0:
+        raise ValueError("thumbnails: no images to draw")
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.95 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im, cap in zip(axes.flat, images, captions):
+        im = np.asarray(im)
+        ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(cap, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _to_rgb_array(fig) -> np.ndarray:
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    _plt().close(fig)
+    return rgb
+
+
+def face_panel(crop: np.ndarray, cam_overlay: np.ndarray | None, topk, title: str = "") -> np.ndarray:
+    """One face as an RGB uint8 array: the crop, its Grad-CAM overlay beside it (when given) and
+    its top-k probabilities as horizontal bars. `topk` is ((label, prob), ...), best first."""
+    plt = _plt()
+    panels = 3 if cam_overlay is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels + 0.6, 2.6),
+                             gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.5]})
+    crop = np.asarray(crop)
+    axes[0].imshow(crop, cmap="gray" if crop.ndim == 2 else None, vmin=0, vmax=255)
+    axes[0].set_title("face", fontsize=9)
+    if cam_overlay is not None:
+        axes[1].imshow(cam_overlay)
+        axes[1].set_title("Grad-CAM", fontsize=9)
+    for ax in axes[:-1]:
+        ax.axis("off")
+    bars = axes[-1]
+    labels = [lab for lab, _ in topk][::-1]
+    probs = [p for _, p in topk][::-1]
+    bars.barh(labels, probs, color=["tab:blue"] * (len(probs) - 1) + ["tab:orange"])
+    for y, p in enumerate(probs):
+        bars.text(min(p + 0.02, 0.8), y, f"{p:.2f}", va="center", fontsize=8)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("probability", fontsize=8)
+    bars.tick_params(labelsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _to_rgb_array(fig)
+
+
+def label_timeline(times_s, probs: np.ndarray, class_names, labels, path: str | Path | None = None):
+    """Smoothed class probabilities of one face over a video (lines), the label as a strip below.
+
+    times_s (T,) seconds; probs (T, C); labels (T,) class index or -1 for frames without a face.
+    Writes a PNG to `path`, or returns an RGB uint8 array when `path` is None."""
+    plt = _plt()
+    times_s = np.asarray(times_s, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    labels = np.asarray(labels)
+    fig, (ax, strip) = plt.subplots(2, 1, figsize=(8, 3.8), height_ratios=(4, 1), sharex=True)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for k, name in enumerate(class_names):
+        ax.plot(times_s, probs[:, k], color=cmap(k), lw=1.4, label=name)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("smoothed probability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(4, len(class_names)), loc="upper right")
+    ax.set_title("label over time (largest face)")
+    colours = np.array([cmap(int(k)) if k >= 0 else (1, 1, 1, 1) for k in labels])
+    strip.imshow(colours[None], aspect="auto",
+                 extent=(times_s.min(), times_s.max() if len(times_s) > 1 else times_s.min() + 1, 0, 1))
+    strip.set_yticks([])
+    strip.set_xlabel("time (s)")
+    fig.tight_layout()
+    return _save(fig, path) if path is not None else _to_rgb_array(fig)

@@ -9,6 +9,7 @@ import typer
 
 
 def command(
+    ctx: typer.Context,
     checkpoint: Annotated[list[Path], typer.Option(
         "--checkpoint", "-c", help="Run dir or .safetensors file written by `train run`; repeat it to "
         "score an ensemble (mean of the members' probabilities; each member is reported too).")],
@@ -28,6 +29,8 @@ def command(
                                                         "models that take embeddings.")] = None,
     text_features: Annotated[Path | None, typer.Option("--text-features", help="Caption feature file "
                                                        "for text-fusion models.")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Also write report.html: one self-contained page "
+                                       "(tables and plots embedded; opens from disk, no network).")] = False,
 ) -> None:
     """Evaluate a checkpoint: WAR, UAR, macro-F1, per-class scores, AUCs, ECE; honest variants."""
     from rich.console import Console
@@ -71,3 +74,30 @@ def command(
         ex = ", ".join(report["label_mapping"]["excluded_manifest_classes"]) or "none"
         console.print(f"zero-shot through the label mapping; excluded manifest classes: {ex}")
     console.print(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['seconds']} s)")
+    if html:
+        from features.manifest import OutputError
+        from train.report_html import write_html
+
+        try:
+            console.print(f"wrote {write_html(report, out, _command_line(ctx))}")
+        except OutputError as e:
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2)
+
+
+def _command_line(ctx) -> str:
+    """This invocation as a shell line (`train eval` + every option given or required), for the
+    HTML report; rebuilt from the parsed values so it reads the same however the app was called."""
+    import shlex
+
+    words = ["train", "eval"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or (value == param.default and not param.required) or not param.opts:
+            continue
+        if isinstance(value, bool):  # --html, --plots/--no-plots
+            words += (param.opts if value else param.secondary_opts)[:1]
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            words += [param.opts[0], str(v)]
+    return shlex.join(words)
