@@ -301,7 +301,9 @@ def _load_resnet18(spec: EncoderSpec, device) -> ImageEncoder:
 
     ckpt = resnet18_checkpoint(spec.weights)
     model = torchvision.models.resnet18(weights=None)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    from features.weights import load_state_dict
+
+    state = load_state_dict(ckpt, "image encoder resnet18", f"torchvision's {RESNET18_FILE}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

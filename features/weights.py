@@ -9,6 +9,7 @@ ever unpickled beyond tensors and plain containers.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ class WeightsError(ValueError):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _why(e: BaseException, safetensors: bool) -> str:
+    """What a load failure means to a user, in a few words (torch's own texts run to paragraphs)."""
+    name = type(e).__name__
+    if "Weights only load failed" in str(e):
+        return "a pickle holding objects or code, not plain tensors; it was not unpickled"
+    if name == "SafetensorError" or safetensors:
+        return f"not a complete safetensors file ({str(e).splitlines()[0][:80] if str(e) else name})"
+    if "zip archive" in str(e) or isinstance(e, EOFError):
+        return "truncated, or not a file torch.save wrote"
+    return f"not a torch weights file ({name})"
 
 
 def load_state_dict(path: str | Path, what: str, expect: str = "", key: str | None = None) -> dict[str, Any]:
@@ -45,13 +58,20 @@ def load_state_dict(path: str | Path, what: str, expect: str = "", key: str | No
 
             state: Any = load_file(str(p))
         else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+                warnings.simplefilter("ignore")
+                state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - SafetensorError, UnpicklingError, zip/EOF errors: one meaning
-        raise WeightsError(f"{what}: {p} is not a readable weights file ({_first_line(e)}){hint}; "
-                           "files are read as safetensors or plain tensors, never unpickled") from None
+        raise WeightsError(f"{what}: {p} is {_why(e, p.suffix == '.safetensors')}{hint}") from None
     if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
         state = state[key]
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+    def has_tensors(d) -> bool:  # a state dict, or one nested a level down ({"params": {...}})
+        return isinstance(d, dict) and any(
+            isinstance(v, torch.Tensor) or (isinstance(v, dict) and any(isinstance(w, torch.Tensor)
+                                                                         for w in v.values()))
+            for v in d.values())
+
+    if not has_tensors(state):
         kind = type(state).__name__ if not isinstance(state, dict) else "a dict without tensors"
         raise WeightsError(f"{what}: {p} holds {kind}, not a state dict of tensors{hint}")
     return state

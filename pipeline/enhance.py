@@ -84,17 +84,12 @@ def load_model(path: Path, kind: str, device: str = "cpu"):
         except ValueError:  # already installed into spandrel's registry by someone else
             pass
         _INSTALLED = True
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from features.weights import WeightsError, load_state_dict
 
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise StageError(f"{path}: not a readable PyTorch state dict ({str(e).splitlines()[0]})") from None
-    if not isinstance(state, dict):
-        raise StageError(f"{path}: expected a state dict (a dict of tensors), got {type(state).__name__}")
+    try:  # safetensors or plain tensors only; a truncated, foreign or pickled file is one line
+        state = load_state_dict(path, f"{kind} checkpoint", f"an official {EXPECTED_ARCH[kind]} .pth")
+    except WeightsError as e:
+        raise StageError(str(e)) from None
     try:
         desc = spandrel.ModelLoader(torch.device("cpu")).load_from_state_dict(spandrel.canonicalize_state_dict(state))
     except Exception as e:  # noqa: BLE001 - spandrel raises several types for unknown layouts

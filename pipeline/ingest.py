@@ -29,7 +29,7 @@ from features.labels import (
     custom_label_set,
     get_label_set,
 )
-from features.manifest import sample_id, to_table, write_manifest
+from features.manifest import sample_id, to_table, write_manifest_set
 from features.schema import SPLITS
 
 LAYOUTS = ("fer2013-folders", "fer2013-csv", "ferplus", "ckplus", "rafdb", "rafdb-compound", "dfew",
@@ -339,7 +339,11 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _pixels(text: str) -> np.ndarray:
-    vals = np.array(text.split(), dtype=np.int64)
+    try:
+        vals = np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        bad = next((v for v in text.split() if not v.lstrip("-").isdigit()), "?")
+        raise images.BadImage(f"pixels: {bad[:20]!r} is not a number") from None
     side = int(round(len(vals) ** 0.5))
     if side * side != len(vals) or len(vals) == 0:
         raise images.BadImage(f"pixels: {len(vals)} values do not make a square image")
@@ -368,9 +372,24 @@ def _fer_csv(path: Path) -> tuple[list[tuple[int, str, str, str]], list[Reject]]
         if not 0 <= k < len(FER2013_CSV_ORDER):
             raise IngestError(f"{where}: emotion {k} is outside 0..6 (fer2013.csv order: "
                               f"{', '.join(FER2013_CSV_ORDER)})")
-        usage = row[iu].strip() if iu is not None else "Training"
-        out.append((i, FER2013_CSV_ORDER[k], usage, row[ip] if len(row) > ip else ""))
+        if len(row) <= ip:
+            rejects.append(Reject(where, "no pixels field"))
+            continue
+        if iu is None:
+            usage = "Training"
+        elif len(row) <= iu or not row[iu].strip():
+            rejects.append(Reject(where, "no Usage field (Training, PublicTest or PrivateTest)"))
+            continue
+        else:
+            usage = row[iu].strip()
+            if usage.lower() not in FER2013_USAGES:
+                rejects.append(Reject(where, f"Usage {usage[:30]!r} is not Training, PublicTest or PrivateTest"))
+                continue
+        out.append((i, FER2013_CSV_ORDER[k], usage, row[ip]))
     return out, rejects
+
+
+FER2013_USAGES = ("training", "train", "publictest", "privatetest")
 
 
 def _usage_split(usage: str) -> str:
@@ -543,6 +562,10 @@ def read_parquet(root: Path, cfg: IngestConfig) -> Source:
     default = "ferplus" if ferplus else (cfg.dataset if cfg.dataset in LABEL_SETS else "fer2013")
     ls = resolve_label_set(cfg, default)
     recs, rejects, notes = [], [], []
+    votes_file = (root if root.is_dir() else root.parent) / "ferplus.parquet"
+    if ferplus is None and votes_file.exists():
+        notes.append(f"ignored {votes_file} (FER+ crowd votes): these are the FER2013 labels; for FER+ "
+                     f"labels and votes pass --layout ferplus, or --ferplus-parquet {votes_file}")
     for f in _parquet_files(root):
         t = pq.read_table(f)
         cols = set(t.column_names)
@@ -662,9 +685,18 @@ def _decode_one(rec: Record, max_pixels: int) -> dict | Reject:
                     return Reject(rec.source_path, f"cannot read: {e.strerror or e}")
             arr, fmt = images.decode(data, max_pixels)
     except images.BadImage as e:
-        return Reject(rec.source_path, str(e))
+        return Reject(rec.source_path, _no_address(str(e)))
     return {"image": data, "image_format": fmt, "width": int(arr.shape[1]), "height": int(arr.shape[0]),
             "channels": images.channels(arr), "pixel_hash": images.pixel_hash(arr)}
+
+
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _no_address(reason: str) -> str:
+    """PIL names an in-memory file by its object address ('<_io.BytesIO object at 0x7f...>'):
+    useless in a report, so it becomes 'the image bytes' (the row is named beside it)."""
+    return _ADDRESS.sub("the image bytes", reason)
 
 
 def _decode_chunk(chunk: list[Record], max_pixels: int) -> list[dict | Reject]:
@@ -885,16 +917,33 @@ def split_paths(prefix: str | Path) -> dict[str, Path]:
 
 
 def write_result(result: IngestResult, prefix: str | Path) -> tuple[dict[str, Path], list[Path]]:
-    """Write PREFIX_{train,val,test}.parquet (atomic each); delete a stale split file this run did
-    not produce, so a trainer never pairs a fresh train with an old val. Returns (written, removed)."""
-    written, removed = {}, []
-    for s, p in split_paths(prefix).items():
-        if s in result.tables:
-            written[s] = write_manifest(result.tables[s], p, result.label_set, result.producer | {"split": s})
-        elif p.exists():
+    """Write PREFIX_{train,val,test}.parquet as one set (features.manifest.write_manifest_set: one
+    run id stamped in every file, all written before any is renamed) and delete a stale split file
+    this run did not produce, so a trainer never pairs a fresh train with an old val. A kill
+    between the renames leaves files whose stamps differ, which every reader of several of them
+    refuses (`check_same_set`). Returns (written, removed)."""
+    paths = split_paths(prefix)
+    items = [(result.tables[s], p, result.label_set, result.producer | {"split": s})
+             for s, p in paths.items() if s in result.tables]
+    done = write_manifest_set(items)
+    written = {s: p for s, p in zip([s for s in paths if s in result.tables], done)}
+    removed = []
+    for s, p in paths.items():
+        if s not in result.tables and p.exists():
             p.unlink()
             removed.append(p)
     return written, removed
+
+
+def check_outputs(prefix: str | Path, rejects: str | Path | None = None) -> None:
+    """Before any image is decoded: every file ingest may write can be written (OutputError
+    names the first that cannot), and temp files of a killed earlier ingest are swept."""
+    from features.manifest import check_writable, sweep_stale_tmp
+
+    for p in split_paths(prefix).values():
+        check_writable(p, "--out")
+    check_writable(Path(rejects or f"{prefix}_rejects.csv"), "--rejects")
+    sweep_stale_tmp(Path(prefix).parent)
 
 
 def write_rejects(rejects: list[Reject], path: str | Path) -> Path:

@@ -108,9 +108,10 @@ class StageReport:
     rejected: int = 0
     reused: int = 0          # batches found already done
     batches: int = 0
-    computed_rows: int = 0   # rows actually run through the stage in this call
+    computed_rows: int = 0   # rows actually run through the stage in this call, in this process
+    remote_rows: int = 0     # rows run on Ray workers in this call (--executor ray)
     seconds: float = 0.0
-    images_per_s: float = 0.0  # computed_rows / time spent in process()
+    images_per_s: float = 0.0  # (computed_rows + remote_rows) / time spent in process() and on Ray
     out_path: Path | None = None
     rejects_path: Path | None = None
     summary: dict = field(default_factory=dict)
@@ -304,7 +305,7 @@ def run_stage(
     if cfg.executor == "ray":
         from pipeline.ray_executor import compute_parts
 
-        compute_parts(stage, in_path, stage_dir, replace(cfg, executor="local"), cfg.ray)
+        ray_done = compute_parts(stage, in_path, stage_dir, replace(cfg, executor="local"), cfg.ray)
     elif cfg.executor != "local":
         raise StageError(f"unknown executor {cfg.executor!r}; use local or ray")
     batches = plan_batches(table, cfg.batch_size, cfg.shard)
@@ -368,7 +369,13 @@ def run_stage(
         for key in keys:
             (stage_dir / f"{key}.parquet").unlink(missing_ok=True)
     report.seconds = time.perf_counter() - t0
-    report.images_per_s = report.computed_rows / compute_s if compute_s > 0 else 0.0
+    if cfg.executor == "ray":
+        # those rows ran on Ray, not in the local pass (which found their parts done): images/s
+        # counts them over the wall time of the Ray pass (actor start-up included: a user waits for it)
+        report.remote_rows = ray_done["rows"]
+        compute_s += ray_done["seconds"]
+    rows_run = report.computed_rows + report.remote_rows
+    report.images_per_s = rows_run / compute_s if compute_s > 0 else 0.0
     return report
 
 
@@ -641,7 +648,8 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
         typer.echo(f"pipeline {stage.name}: {e}", err=True)
         raise typer.Exit(2) from None
     table = Table(title=f"pipeline {stage.name}", show_header=False)
-    for k in ("rows_in", "rows_out", "rejected", "reused", "batches", "computed_rows", "seconds", "images_per_s",
+    for k in ("rows_in", "rows_out", "rejected", "reused", "batches", "computed_rows", "remote_rows", "seconds",
+              "images_per_s",
               "out_path", "rejects_path"):
         v = getattr(report, k)
         table.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))

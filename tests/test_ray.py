@@ -66,6 +66,7 @@ def test_ray_equals_local(tmp_path, local_ray):
     rc = RunConfig(batch_size=6, executor="ray", ray=RayConfig(concurrency=2))
     remote = run_stage(InvertStage(), src, tmp_path / "ray.parquet", rc)
     assert remote.computed_rows == 0 and remote.reused == remote.batches  # Ray did every batch
+    assert remote.remote_rows == 40 and remote.images_per_s > 0  # ... and its speed is reported
     assert _rows(tmp_path / "ray.parquet") == _rows(tmp_path / "local.parquet")
     assert pq.read_table(tmp_path / "ray.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
     assert local.rows_out == 40

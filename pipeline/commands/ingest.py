@@ -32,11 +32,13 @@ def command(
     duplicates and test rows leaked from train, and write Parquet manifests.
 
     Bad images (corrupt, truncated, empty, too large) go to the rejects report and ingestion
-    goes on; the exit code stays 0 unless --strict."""
+    goes on; the exit code stays 0 unless --strict. Bad input (an unreadable dataset, an
+    unwritable --out) ends in one line and exit 2 before any image is decoded; the three split
+    files are written as one set (docs/errors.md)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from pipeline.ingest import IngestConfig, IngestError, ingest, write_rejects, write_result
+    from pipeline.ingest import IngestConfig, IngestError, check_outputs, ingest, write_rejects, write_result
 
     err = Console(stderr=True, soft_wrap=True)
     cfg = IngestConfig(
@@ -44,6 +46,7 @@ def command(
         label_set=label_set, labels=tuple(labels.split(",")) if labels else None,
         ferplus_csv=str(ferplus_csv) if ferplus_csv else None,
         ferplus_parquet=str(ferplus_parquet) if ferplus_parquet else None, fold=fold, workers=workers)
+    check_outputs(out, rejects)  # an unwritable --out fails now, not after decoding every image
     try:
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=err, transient=True) as bar:

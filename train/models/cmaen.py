@@ -142,6 +142,10 @@ class EmotionCNN(nn.Module):
         return x, self.emotion_attention(x)
 
 
+class CMAENConfigError(ValueError):
+    """Options that contradict each other (e.g. pretrained weights for the tiny EfficientNet)."""
+
+
 def _efficientnet_features(cfg: CMAENConfig) -> tuple[nn.Module, int]:
     from torchvision.models import efficientnet_v2_s
     from torchvision.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
@@ -151,6 +155,10 @@ def _efficientnet_features(cfg: CMAENConfig) -> tuple[nn.Module, int]:
         if cfg.effnet_pretrained:
             _load_effnet_weights(net, cfg.effnet_pretrained)
     else:
+        if cfg.effnet_pretrained:
+            raise CMAENConfigError(f"cmaen: effnet_pretrained={cfg.effnet_pretrained!r} needs effnet='s' "
+                             f"(the tiny EfficientNet (effnet={cfg.effnet!r}) has no pretrained "
+                             "weights); pass effnet=s or drop effnet_pretrained")
         setting = [FusedMBConvConfig(1, 3, 1, 8, 8, 1), FusedMBConvConfig(2, 3, 2, 8, 16, 1),
                    MBConvConfig(2, 3, 2, 16, 24, 1)]
         net = EfficientNet(setting, dropout=0.0, stochastic_depth_prob=0.0, last_channel=32)
@@ -170,8 +178,9 @@ def _load_effnet_weights(net: nn.Module, spec: str) -> None:
 
     p = resolve(spec, "EfficientNetV2-S ImageNet weights", files=(EFFNET_V2_S_FILE,))
     p = p / EFFNET_V2_S_FILE if p.is_dir() else p
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    from features.weights import load_into
+
+    load_into(net, p, "EfficientNetV2-S ImageNet weights", f"torchvision's {EFFNET_V2_S_FILE}")
 
 
 class CrossModalAttention(nn.Module):

