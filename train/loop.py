@@ -484,6 +484,7 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + info.rank)
             train_loader.set_epoch(epoch)
             emit({"kind": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "steps": len(train_loader)})
+            epoch_lr = optimizer.param_groups[0]["lr"]  # logged: the rate this epoch ran with, not the next one's
             t0 = time.perf_counter()
             try:
                 tr = train_one_epoch(net, loss_fn, optimizer, train_loader, prep, amp=cfg.amp,
@@ -506,7 +507,7 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             else:
                 state["bad_epochs"] += 1
             row = {"epoch": epoch + 1, "train_loss": tr["loss"], **{f"val_{k}": v for k, v in m.items()},
-                   "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_s, 3),
+                   "lr": epoch_lr, "train_s": round(train_s, 3),
                    "train_img_s": round(tr["samples"] * info.world / max(train_s, 1e-9), 1),
                    "best": improved}
             state["history"].append(row)
