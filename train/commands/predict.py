@@ -36,7 +36,7 @@ def command(
     caption_model: Annotated[str, typer.Option("--caption-model", help="BLIP caption id or folder.")]
     = "Salesforce/blip-image-captioning-base",
     vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = "Salesforce/blip-vqa-base",
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
 ) -> None:
     """Detect faces, classify each with the checkpoint's own preprocessing, show top-k."""
     from rich.console import Console
@@ -50,7 +50,10 @@ def command(
         err.print("[red]error:[/] choose one of --json and --csv")
         raise typer.Exit(2)
     try:
-        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device, pad=pad,
+        from features.device import resolve_device
+
+        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector,
+                                                     device=resolve_device(device), pad=pad,
                                                      weights_dir=weights_dir, fallback=not no_fallback)
         if predictor.notice:
             err.print(f"[yellow]note:[/] {predictor.notice}")
