@@ -11,7 +11,7 @@ DEMO ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup setup-ray setup-bench demo test test-fast bench bench-ingest bench-pipeline bench-train bench-peers bench-scale captions enhance clean
+.PHONY: setup setup-ray setup-bench demo test test-fast bench bench-ingest bench-pipeline bench-train bench-peers bench-scale captions enhance weights clean
 
 setup: $(STAMP)
 
@@ -63,11 +63,18 @@ demo: setup
 
 # Convenience targets named by the design card; override IN/OUT for your own manifests.
 IN ?= manifests/fer_train.parquet
+# The design card's stages with real weights: SwinIR x4 + DDColor, and BLIP captions. A missing
+# file fails in one line; `pipeline weights` lists every file and where it goes. The cheap,
+# weight-free variants are one variable away: make enhance SR=bicubic COLOR=gray2rgb.
+WEIGHTS ?= weights
+SR ?= swinir:$(WEIGHTS)/001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth
+COLOR ?= ddcolor:$(WEIGHTS)/ddcolor_paper_tiny.pth
+BLIP ?= Salesforce/blip-image-captioning-base
 captions: setup
-	$(BIN)/pipeline caption --in $(IN) --out $(basename $(IN))_captions.parquet
+	$(BIN)/pipeline caption --in $(IN) --out $(basename $(IN))_captions.parquet --model $(BLIP)
 
 enhance: setup
-	$(BIN)/pipeline enhance --in $(IN) --out $(basename $(IN))_enhanced.parquet --sr bicubic --color gray2rgb
+	$(BIN)/pipeline enhance --in $(IN) --out $(basename $(IN))_enhanced.parquet --sr $(SR) --color $(COLOR)
 
 bench-ingest: setup
 	$(PY) benchmarks/bench_ingest.py --data $(SHARED) --json runs/bench/ingest.json
@@ -86,6 +93,9 @@ bench-embed: setup
 bench-scale: setup
 	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
 	$(PY) benchmarks/bench_scale.py --rows 512 --json runs/bench/scale.json
+
+weights: setup
+	$(BIN)/pipeline weights
 
 clean:
 	rm -rf $(DEMO) manifests/*.parquet

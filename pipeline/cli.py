@@ -34,6 +34,8 @@ app.command("enhance")(enhance.command)
 from pipeline.commands import caption, embed  # noqa: E402
 app.command("caption")(caption.command)
 app.command("embed")(embed.command)
+from pipeline.commands import weights  # noqa: E402
+app.command("weights")(weights.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,7 +64,8 @@ def find_checkpoint(path: Path, kind: str) -> Path:
     raise WeightsNotFound(
         f"{kind}: no checkpoint at {path}. affectlab never downloads weights. Get the official file from the "
         f"{'SwinIR (JingyunLiang/SwinIR)' if kind == 'swinir' else 'DDColor (piddnad/DDColor)'} release page on a "
-        f"machine with network ({names}), put it at {path} (or in ./weights/), and pass its path.")
+        f"machine with network ({names}), put it at {path} (or in ./weights/), and pass its path; "
+        "`pipeline weights` lists every file and where it goes (make enhance SR=bicubic COLOR=gray2rgb needs none).")
 
 
 _INSTALLED = False
