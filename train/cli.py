@@ -26,6 +26,8 @@ from train.commands import calibrate as _calibrate, models as _models, run as _r
 app.command("run")(_run.command)
 app.command("models")(_models.command)
 app.command("calibrate")(_calibrate.command)
+from train.commands import recipes as _recipes  # noqa: E402
+app.command("recipes")(_recipes.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,8 @@ CHOICES = {
     "loss": ("ce", "focal", "cmaen"),
     "class_weights": ("none", "balanced"),
     "channels_last": ("auto", "on", "off"),
-    "augment": ("none", "light", "strong"),
+    # light/strong: ours; cmaen/miniaffectgpt/affectfusion: the seeds' own lists (train/transforms.py)
+    "augment": ("none", "light", "strong", "cmaen", "miniaffectgpt", "affectfusion"),
     "select_metric": ("uar", "acc", "f1"),
     "device": ("auto", "cpu", "cuda"),
     "preset": ("7", "5", "4", "2"),
@@ -70,6 +71,20 @@ class TrainConfig:
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     frames: int | None = None  # clip length for video models (None: the model's default)
     tensorboard: bool = False
+    # schedule details the seeds set (all off by default: the plain schedules stay as they were)
+    min_lr: float = 0.0  # floor of cosine / cosine-restarts (eta_min; CMAEN 1e-6, CLIP seed 1e-6)
+    restart_period: int | None = None  # first cycle, epochs (None: (epochs - warmup) // 3)
+    restart_mult: float = 1.0  # each cycle's cosine part is this times the previous one's
+    restart_decay: float = 1.0  # each cycle's peak LR is this times the previous one's
+    restart_warmup: int = 0  # epochs of linear warm-up from the floor at the start of each cycle
+    plateau_patience: int = 2  # plateau: epochs without a better val metric before a cut
+    plateau_factor: float = 0.5  # plateau: the cut
+    # evaluation-time resize of the shorter side, then a centre crop to the model's input
+    # (torchvision Resize(n) + CenterCrop(size)); carried in the checkpoint's preprocessing
+    eval_resize: int | None = None
+    # the recipe this run started from (train/recipes/<name>.toml) and that file's sha256
+    recipe: str | None = None
+    recipe_sha256: str | None = None
     # knowledge distillation (Hinton et al. 2015): a trained checkpoint whose softened outputs
     # the student also learns from; loss = (1 - alpha) * hard loss + alpha * T^2 * KL
     teacher: str | None = None
@@ -95,6 +110,19 @@ class TrainConfig:
             raise ConfigError(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:
             raise ConfigError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
+        if not 0 <= self.min_lr < self.lr:
+            raise ConfigError(f"--min-lr must be in [0, --lr={self.lr}), got {self.min_lr}")
+        if self.restart_period is not None and self.restart_period <= self.restart_warmup:
+            raise ConfigError(f"--restart-period ({self.restart_period}) must be longer than "
+                              f"--restart-warmup ({self.restart_warmup})")
+        if self.restart_mult < 1 or not 0 < self.restart_decay <= 1 or self.restart_warmup < 0:
+            raise ConfigError("--restart-mult must be >= 1, --restart-decay in (0, 1], "
+                              "--restart-warmup >= 0")
+        if self.plateau_patience < 0 or not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"--plateau-patience must be >= 0 and --plateau-factor in (0, 1), got "
+                              f"{self.plateau_patience} / {self.plateau_factor}")
+        if self.eval_resize is not None and self.eval_resize < 8:
+            raise ConfigError(f"--eval-resize must be >= 8 pixels, got {self.eval_resize}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,11 +150,38 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_config(config_file: str | Path | None = None, **flags: Any) -> TrainConfig:
-    """File values, then every flag that is not None on top (unset flags keep file/defaults)."""
-    data = read_config_file(config_file) if config_file else {}
-    data.update({k: v for k, v in flags.items() if v is not None})
+# models that train with a loss of their own (FERModel.loss); another loss must be asked for
+OWN_LOSS = {"cmaen": "cmaen"}
+
+
+def make_config(config_file: str | Path | None = None, recipe: str | None = None,
+                **flags: Any) -> TrainConfig:
+    """Recipe values, then the config file's, then every flag that is not None on top (unset
+    flags keep recipe/file/defaults). `recipe` is a name from train/recipes/ (`train recipes`);
+    the config records it and the recipe file's sha256.
+
+    Raises ConfigError for a missing manifest/model, unknown keys, or a model with a loss of its
+    own (cmaen) left on the default loss: pass --loss cmaen, or another --loss on purpose."""
+    data: dict[str, Any] = {}
+    if recipe:
+        from train.recipes import load_recipe
+
+        r = load_recipe(recipe)
+        data.update(r.values)
+        data["recipe"], data["recipe_sha256"] = r.name, r.sha256
+    file_data = read_config_file(config_file) if config_file else {}
+    if "model_options" in file_data and "model_options" in data:
+        file_data["model_options"] = {**data["model_options"], **file_data["model_options"]}
+    data.update(file_data)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "model_options" in flags and "model_options" in data:  # per key, over the recipe's
+        flags["model_options"] = {**data["model_options"], **flags["model_options"]}
+    data.update(flags)
     for req in ("manifest", "model"):
         if not data.get(req):
             raise ConfigError(f"--{req} is required (as a flag or in the --config file)")
+    own = OWN_LOSS.get(data["model"])
+    if own and "loss" not in data:
+        raise ConfigError(f"--model {data['model']} trains with its own loss: pass --loss {own} "
+                          f"(the seed's), or --loss ce / focal to train it on that loss instead")
     return TrainConfig(**data)

@@ -14,7 +14,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,29 +116,85 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict]):
 
 def make_scheduler(cfg: TrainConfig, optimizer, epochs_done: int = 0):
     """Stepped once per epoch (the same on every DDP rank, whatever its share of batches).
-    `epochs_done` fast-forwards a scheduler built mid-run (after a param-group change)."""
+    `epochs_done` fast-forwards a scheduler built mid-run (after a param-group change).
+
+    A param group with `fixed_lr: True` (clip-adapter's encoder, as in its seed) keeps its LR
+    whatever the schedule. With such a group, or with the seeds' schedule options (min_lr,
+    restart_*), the schedule is one LambdaLR with a factor per group (`lr_factor`); otherwise
+    torch's own scheduler classes, as before, so earlier runs resume unchanged."""
     import torch.optim.lr_scheduler as S
 
+    groups = optimizer.param_groups
+    fixed = [bool(g.get("fixed_lr")) for g in groups]
     main_epochs = max(1, cfg.epochs - cfg.warmup)
-    if cfg.scheduler == "none":
-        sched = S.LambdaLR(optimizer, lambda e: 1.0)
-    elif cfg.scheduler == "cosine":
-        sched = S.CosineAnnealingLR(optimizer, T_max=main_epochs)
-    elif cfg.scheduler == "cosine-restarts":
-        sched = S.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, main_epochs // 3))
-    elif cfg.scheduler == "plateau":
-        sched = S.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    if cfg.scheduler == "plateau":
+        floors = [g["lr"] if f else cfg.min_lr for g, f in zip(groups, fixed)]
+        sched = S.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                    patience=cfg.plateau_patience, min_lr=floors)
+    elif cfg.scheduler == "onecycle":
+        if any(fixed):
+            raise TrainError("--scheduler onecycle moves every group's LR; this model keeps a group "
+                             "at a fixed LR (clip-adapter's encoder): use cosine, none or plateau")
+        sched = S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=main_epochs + 1)
+    elif any(fixed) or cfg.min_lr or cfg.restart_period is not None or cfg.restart_mult != 1 \
+            or cfg.restart_decay != 1 or cfg.restart_warmup:
+        base = [g.get("initial_lr", g["lr"]) for g in groups]
+        sched = S.LambdaLR(optimizer, [(lambda e: 1.0) if f else _factor_fn(cfg, lr)
+                                       for f, lr in zip(fixed, base)])
     else:
-        sched = S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                             total_steps=main_epochs + 1)
-    if cfg.warmup and cfg.scheduler != "plateau":
-        warm = S.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup)
-        sched = S.SequentialLR(optimizer, [warm, sched], milestones=[cfg.warmup])
+        if cfg.scheduler == "none":
+            sched = S.LambdaLR(optimizer, lambda e: 1.0)
+        elif cfg.scheduler == "cosine":
+            sched = S.CosineAnnealingLR(optimizer, T_max=main_epochs)
+        else:
+            sched = S.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, main_epochs // 3))
+        if cfg.warmup:
+            warm = S.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup)
+            sched = S.SequentialLR(optimizer, [warm, sched], milestones=[cfg.warmup])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
         for _ in range(epochs_done):
             step_scheduler(sched, None)
     return sched
+
+
+def _factor_fn(cfg: TrainConfig, base_lr: float):
+    return lambda epoch: lr_factor(cfg, epoch, base_lr)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int, base_lr: float | None = None) -> float:
+    """LR of 0-based `epoch` as a multiple of the group's `base_lr` (default cfg.lr).
+
+    none: 1. cosine: base -> min_lr over the epochs after warm-up (torch's CosineAnnealingLR
+    with eta_min). cosine-restarts: the CMAEN seed's CosineAnnealingWarmupRestarts
+    (CMAEN utils.py:59-122, stepped per epoch): cycle c starts at min_lr, climbs linearly to
+    its peak base * restart_decay**c over `restart_warmup` epochs, then follows a cosine back
+    to min_lr; the first cycle lasts `restart_period` epochs (default (epochs - warmup) // 3)
+    and the next int((previous - restart_warmup) * restart_mult) + restart_warmup
+    (utils.py:104). `warmup` (before any of these) is torch's LinearLR from 0.1 x base.
+    Hand-written because torch has no restart schedule with warm-up and per-cycle decay."""
+    base = cfg.lr if base_lr is None else base_lr
+    floor = min(cfg.min_lr / base, 1.0)
+    if epoch < cfg.warmup:
+        return 0.1 + 0.9 * epoch / cfg.warmup
+    e = epoch - cfg.warmup
+    main_epochs = max(1, cfg.epochs - cfg.warmup)
+    if cfg.scheduler == "none":
+        return 1.0
+    if cfg.scheduler == "cosine":
+        t = min(e, main_epochs) / main_epochs
+        return floor + (1 - floor) * (1 + math.cos(math.pi * t)) / 2
+    w = cfg.restart_warmup
+    length = cfg.restart_period if cfg.restart_period is not None else max(w + 1, main_epochs // 3)
+    cycle = 0
+    while e >= length:
+        e -= length
+        cycle += 1
+        length = int((length - w) * cfg.restart_mult) + w
+    peak = cfg.restart_decay ** cycle
+    if e < w:
+        return floor + (peak - floor) * e / w
+    return floor + (peak - floor) * (1 + math.cos(math.pi * (e - w) / (length - w))) / 2
 
 
 def step_scheduler(sched, metric: float | None) -> None:
@@ -394,6 +450,8 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             opts["frames"] = cfg.frames
         model = build_model(cfg.model, **opts)
         spec = D.input_spec_for(model)
+        if cfg.eval_resize and spec.preprocess is not None:  # recipe: Resize(n) + CenterCrop
+            spec = replace(spec, preprocess=replace(spec.preprocess, resize_short=cfg.eval_resize))
         emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
         t0 = time.perf_counter()
         load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,

@@ -30,6 +30,9 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: str = "bilinear"
+    # when set: resize the shorter side to this many pixels (aspect kept), then centre-crop
+    # `size` (torchvision Resize(n) + CenterCrop(size); the AffectFusion seed's evaluation)
+    resize_short: int | None = None
 
     def __post_init__(self):
         size = (self.size, self.size) if isinstance(self.size, int) else tuple(int(s) for s in self.size)
@@ -43,6 +46,9 @@ class Preprocess:
                              f"{self.mean} / {self.std}")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"Preprocess: resize {self.resize!r} unknown; use one of {RESIZE_MODES}")
+        if self.resize_short is not None and self.resize_short < max(self.size):
+            raise ValueError(f"Preprocess: resize_short {self.resize_short} is smaller than the crop "
+                             f"{self.size}")
 
     @staticmethod
     def default_for(size, channels: int) -> "Preprocess":
@@ -52,6 +58,8 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["resize_short"] is None:  # older sidecars have no such key: keep them comparable
+            del d["resize_short"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @staticmethod
@@ -59,7 +67,7 @@ class Preprocess:
         """A checkpoint sidecar's "preprocess" dict; PreprocessError names a missing or bad field."""
         try:
             return Preprocess(tuple(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]),
-                              d.get("resize", "bilinear"))
+                              d.get("resize", "bilinear"), d.get("resize_short"))
         except KeyError as e:
             raise PreprocessError(f"checkpoint sidecar: preprocess.{e.args[0]} is missing; use the .json "
                                   "that `train run` wrote beside the weights") from None
@@ -110,6 +118,8 @@ class Preprocess:
         img = to_grey(img) if self.channels == 1 else to_rgb(img)
         t = torch.from_numpy(np.array(img, copy=True))  # PIL arrays are read-only
         t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+        if self.resize_short is not None:
+            return self._short_side_crop(t)
         if tuple(t.shape[1:]) == self.size:
             return t
         mode = self.resize
@@ -118,31 +128,63 @@ class Preprocess:
         y = F.interpolate(t[None].float(), size=self.size, mode=mode, **kw)[0]
         return y.round_().clamp_(0, 255).to(torch.uint8)
 
+    def _short_side_crop(self, t):
+        """uint8 (C,H,W) -> shorter side resize_short, then the centre `size` (torchvision's own
+        v2 Resize + CenterCrop, so the result matches the seed's transforms.Resize/CenterCrop)."""
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                "nearest": InterpolationMode.NEAREST, "area": InterpolationMode.BILINEAR}[self.resize]
+        t = TF.resize(t, [self.resize_short], interpolation=mode, antialias=True)
+        return TF.center_crop(t, list(self.size))
+
+
+AUGMENT_LEVELS = ("none", "light", "strong", "cmaen", "miniaffectgpt", "affectfusion")
+
 
 def build_augment(level: str, size: tuple[int, int], group: int = 8):
     """A callable uint8 batch (B, C, H, W) -> augmented uint8 batch, or None for 'none'.
+
+    Levels: `light` / `strong` are this project's; `cmaen`, `miniaffectgpt` and `affectfusion`
+    are the seeds' own training transforms as torchvision v2 lists (sources: the recipes in
+    train/recipes/ and the comments below). Every level flips horizontally with p 0.5.
 
     torchvision.transforms.v2 on a batch tensor draws ONE set of random parameters per call
     (the whole batch gets the same crop/rotation). To keep most of the per-sample diversity
     at a fraction of the cost of a per-image loop, the batch is cut into groups of `group`
     samples, each with its own draw; horizontal flips are drawn per sample (a mask, cheap).
     So: flips are per-sample random, crop/rotation/erasing are per-group random.
+    Raises ValueError for an unknown level.
     """
     if level == "none":
         return None
-    if level not in ("light", "strong"):
-        raise ValueError(f"augment {level!r} unknown; use none, light or strong")
+    if level not in AUGMENT_LEVELS:
+        raise ValueError(f"augment {level!r} unknown; use one of {', '.join(AUGMENT_LEVELS)}")
     from torchvision.transforms import v2
 
+    erase = None
     if level == "light":
         ops = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
                v2.RandomRotation(10)]
-        erase = None
-    else:
+    elif level == "strong":
         ops = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
                v2.RandomRotation(20),
                v2.ColorJitter(brightness=0.3, contrast=0.3)]
         erase = v2.RandomErasing(p=0.5, scale=(0.02, 0.15), value=0)
+    elif level == "cmaen":
+        # CMAEN dataset.py:100-107 (erasing before Normalize, so black: value 0). On grey input
+        # saturation and hue leave the image as it is, as the seed's grey branch has no jitter.
+        ops = [v2.RandomRotation(15),
+               v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+               v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2, hue=0.1)]
+        erase = v2.RandomErasing(p=0.1, scale=(0.02, 0.15), ratio=(0.3, 3.3), value=0)
+    elif level == "miniaffectgpt":
+        # MiniAffectGPT train_attention.py:18-25
+        ops = [v2.RandomRotation(10), v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    else:
+        # AffectFusion train_only_dfew_16f.py:269-273 (torchvision's default ratio 3/4..4/3)
+        ops = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True)]
     geo = v2.Compose(ops)
     return _GroupAugment(geo, erase, max(1, int(group)))
 

@@ -31,6 +31,7 @@ def command(
     model: Annotated[Optional[str], _O(help="Registered model name (`train models` lists them).")] = None,
     val: Annotated[Optional[Path], _O(help="Validation manifest; default: *_val beside *_train.")] = None,
     config: Annotated[Optional[Path], _O(help="JSON/TOML file of these options; flags override it.")] = None,
+    recipe: Annotated[Optional[str], _O(help="A seed's recipe (`train recipes` lists them); --config and flags override it.")] = None,
     preset: Annotated[Optional[str], _O(help="Label preset 7|5|4|2.")] = None,
     text_features: Annotated[Optional[Path], _O(help="Caption feature file (sample_id, vector[, tokens]).")] = None,
     image_features: Annotated[Optional[Path], _O(help="Image feature file, for feature-input models.")] = None,
@@ -49,7 +50,7 @@ def command(
     amp: Annotated[Optional[bool], _O("--amp/--no-amp", help="bf16 autocast (fp16 on CUDA with --amp-dtype fp16).")] = None,
     amp_dtype: Annotated[Optional[str], _O(help="bf16 | fp16")] = None,
     channels_last: Annotated[Optional[str], _O(help="auto | on | off")] = None,
-    augment: Annotated[Optional[str], _O(help="none | light | strong")] = None,
+    augment: Annotated[Optional[str], _O(help="none | light | strong | cmaen | miniaffectgpt | affectfusion")] = None,
     early_stop: Annotated[Optional[int], _O(help="Stop after N epochs without a better val metric.")] = None,
     select_metric: Annotated[Optional[str], _O(help="uar | acc | f1: picks the best checkpoint on val.")] = None,
     seed: Annotated[Optional[int], _O()] = None,
@@ -64,6 +65,14 @@ def command(
     teacher: Annotated[Optional[Path], _O(help="Distil from this trained checkpoint (run dir or .safetensors).")] = None,
     distill_alpha: Annotated[Optional[float], _O(help="Weight of the teacher's soft targets (0..1).")] = None,
     distill_temperature: Annotated[Optional[float], _O(help="Softmax temperature of the soft targets.")] = None,
+    min_lr: Annotated[Optional[float], _O(help="LR floor of cosine / cosine-restarts.")] = None,
+    restart_period: Annotated[Optional[int], _O(help="cosine-restarts: first cycle, epochs.")] = None,
+    restart_mult: Annotated[Optional[float], _O(help="cosine-restarts: cycle length multiplier.")] = None,
+    restart_decay: Annotated[Optional[float], _O(help="cosine-restarts: peak LR factor per cycle.")] = None,
+    restart_warmup: Annotated[Optional[int], _O(help="cosine-restarts: warm-up epochs per cycle.")] = None,
+    plateau_patience: Annotated[Optional[int], _O(help="plateau: epochs without gain before a cut.")] = None,
+    plateau_factor: Annotated[Optional[float], _O(help="plateau: LR factor of a cut.")] = None,
+    eval_resize: Annotated[Optional[int], _O(help="Resize the shorter side to N, then centre-crop (kept in the checkpoint).")] = None,
 ) -> None:
     """Train MODEL on a manifest; the best checkpoint is chosen on the validation split."""
     from rich.console import Console
@@ -79,11 +88,15 @@ def command(
                  augment=augment, early_stop=early_stop, select_metric=select_metric, seed=seed,
                  out=out, resume=resume or None, device=device, workers=workers, threads=threads,
                  max_steps=max_steps, frames=frames, tensorboard=tensorboard, teacher=teacher,
-                 distill_alpha=distill_alpha, distill_temperature=distill_temperature)
+                 distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+                 min_lr=min_lr, restart_period=restart_period, restart_mult=restart_mult,
+                 restart_decay=restart_decay, restart_warmup=restart_warmup,
+                 plateau_patience=plateau_patience, plateau_factor=plateau_factor,
+                 eval_resize=eval_resize)
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
     try:
         opts = _model_options(model_opt or [])
-        cfg = make_config(config, **flags)
+        cfg = make_config(config, recipe=recipe, **flags)
         if opts:
             from dataclasses import replace
 

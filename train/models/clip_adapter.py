@@ -7,9 +7,13 @@ weights, zero biases; the CLIP embedding is L2-normalised first, as in the seed.
 Two modes:
 - `mode="feature"` (input_kind "feature"): the encoder stays frozen, so its embeddings are
   precomputed once into a feature file and only the adapter trains on (B, 512) vectors;
-- `mode="image"` (input_kind "image", CLIP-normalised RGB at 224 px): the encoder runs inside
-  the model, frozen until `unfreeze_epoch` (0-based), then its last `unfreeze_blocks`
-  transformer blocks, post-LayerNorm and projection train at `encoder_lr` (param_groups()).
+- `mode="image"` (input_kind "image", RGB at 224 px normalised with CLIP's own mean/std,
+  `CLIP_MEAN`/`CLIP_STD`, which the model carries as `input_mean`/`input_std` so the trainer's
+  preprocessing and every checkpoint sidecar use them): the encoder runs inside the model,
+  frozen until `unfreeze_epoch` (0-based), then its last `unfreeze_blocks` transformer
+  blocks, post-LayerNorm and projection train at `encoder_lr` (param_groups()), which stays
+  constant whatever the schedule when `encoder_lr_constant` (the seed adds the group after
+  building its scheduler, which then never changes it: "Clip Adapter.ipynb" cell 6 line 87).
 
 Changed from the seed, and why: the seed sizes its adapter from the vision *hidden* size (768)
 but feeds it the 512-d projected embedding; here the adapter input is the projection width.
@@ -31,6 +35,10 @@ from train.models.base import FERModel, ModelConfig
 from train.models.registry import register_model
 
 CLIP_ID = "openai/clip-vit-base-patch32"
+# OpenAI CLIP's image statistics (transformers' OPENAI_CLIP_MEAN/STD, CLIPImageProcessor's
+# defaults; the seed's Normalize in "Clip Adapter.ipynb" cell 9 line 10 rounds them)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class ClipAdapterConfig(ModelConfig):
     unfreeze_epoch: int = 11
     unfreeze_blocks: int = 2
     encoder_lr: float = 1e-6
+    encoder_lr_constant: bool = True   # the encoder's LR ignores the schedule (the seed's)
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,6 +88,8 @@ class ClipAdapter(FERModel):
         super().__init__()
         self.cfg = cfg
         self.input_kind = cfg.mode if cfg.mode == "feature" else "image"
+        if cfg.mode == "image":  # read by train.data.input_spec_for: the sidecar records them
+            self.input_mean, self.input_std = CLIP_MEAN, CLIP_STD
         h = cfg.hidden_dim
         layers, din = [], cfg.feature_dim
         for d in (h, h // 2, h // 4):
@@ -116,7 +127,7 @@ class ClipAdapter(FERModel):
                    "lr": base_lr}]
         if self.encoder is not None:
             groups.append({"name": "encoder", "params": self._encoder_trainable,
-                           "lr": self.cfg.encoder_lr})
+                           "lr": self.cfg.encoder_lr, "fixed_lr": self.cfg.encoder_lr_constant})
         return groups
 
     def embed(self, x):

@@ -20,6 +20,17 @@ from train.models.registry import register_model
 # torchvision's IMAGENET1K_V1 file names, so a copy of torch's hub cache works as-is.
 WEIGHT_FILES = {18: "resnet18-f37072fd.pth", 50: "resnet50-0676ba61.pth",
                 101: "resnet101-63fe2227.pth"}
+# IMAGENET1K_V2 (torchvision's newer recipe; the AffectFusion seed's ResNet-50, 7265ab6:212):
+# a folder holding only the V2 file is read as well
+WEIGHT_FILES_V2 = {50: "resnet50-11ad3fa6.pth", 101: "resnet101-cd907fc2.pth"}
+
+
+def _file_name(folder: Path, depth: int) -> str:
+    """The V1 name, unless `folder` holds only the V2 file."""
+    v2 = WEIGHT_FILES_V2.get(depth)
+    if v2 and not (folder / WEIGHT_FILES[depth]).is_file() and (folder / v2).is_file():
+        return v2
+    return WEIGHT_FILES[depth]
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ def torch_hub_checkpoints() -> Path:
 def _weights_path(spec: str, depth: int) -> Path:
     from features.hub import resolve
 
-    fname = WEIGHT_FILES[depth]
+    fname = _file_name(torch_hub_checkpoints() if spec == "imagenet" else Path(spec).expanduser(), depth)
     if spec == "imagenet":
         spec = str(torch_hub_checkpoints())
     p = resolve(spec, f"resnet{depth} ImageNet weights", files=(fname,))
