@@ -33,6 +33,11 @@ def test_curve_and_choice_on_a_skewed_problem():
         better = [r for r in curve if r["acc"] >= curve[0]["acc"] - drop / 100 - 1e-9 and r["uar"] > pick["uar"]]
         assert not better
     assert choose_tau(curve, 100.0)["uar"] == max(r["uar"] for r in curve)
+    # the curve scores logits MINUS tau * log(prior): at tau = 1 the rare class gains 2.2 logits
+    shifted = (logits - np.log(prior)).argmax(1)
+    at1 = next(r for r in curve if r["tau"] == pytest.approx(1.0))
+    assert at1["acc"] == pytest.approx((shifted == y).mean())
+    assert at1["uar"] == pytest.approx(((shifted[y == 0] == 0).mean() + (shifted[y == 1] == 1).mean()) / 2)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,75 @@ def test_calibrated_checkpoint_is_the_model_minus_tau_log_prior(setup):
     assert (d / "adj" / "calibrate.png").stat().st_size > 1000
     saved = json.loads((d / "adj" / "calibrate.json").read_text())
     assert len(saved["curve"]) == 31 and saved["chosen"] == rep["chosen"]
+
+
+# A skewed training prior, 100 rows: angry 40 %, disgust 2 %, ... (FER2013 order). Its log is
+# written out by hand below, so a wrong sign or a missing tau cannot hide behind a uniform prior.
+SKEW = (40, 2, 10, 20, 5, 8, 15)
+LOG_PRIOR = (-0.916291, -3.912023, -2.302585, -1.609438, -2.995732, -2.525729, -1.897120)
+
+
+def _skewed_train(path):
+    from features.images import encode, pixel_hash
+    from features.labels import get_label_set
+    from features.manifest import to_table, write_manifest
+
+    ls = get_label_set("fer2013")
+    rng = np.random.default_rng(5)
+    rows = []
+    for k, count in enumerate(SKEW):
+        for j in range(count):
+            img = rng.integers(0, 256, size=(30, 30), dtype=np.uint8)
+            rows.append({"sample_id": f"t-{k}-{j}", "dataset": "fer2013", "split": "train",
+                         "orig_split": "Training", "source_path": f"t/{k}/{j}.png", "label": ls.names[k],
+                         "label_id": k, "label_set": ls.name, "image": encode(img), "image_format": "png",
+                         "width": 30, "height": 30, "channels": 1, "pixel_hash": pixel_hash(img),
+                         "leak": False, "sequence": None, "clip_id": None})
+    return write_manifest(to_table(rows), path, ls)
+
+
+def test_skewed_prior_bias_by_hand_and_the_recall_it_moves(setup, monkeypatch):
+    """tau = 0.5 on a 40 % / 2 % prior: the head bias is -0.5 * log(prior) (by hand), the saved
+    model's logits shift by exactly that, and recall moves from the frequent classes to the rare
+    ones (disgust, the rarest, gains the most; angry, the most frequent, loses)."""
+    import train.calibrate as cal
+    from train.checkpoint import load_checkpoint
+
+    d, _, val, _ = setup
+    train = _skewed_train(d / "skew_train.parquet")
+    prior = cal.class_prior(train, tuple(range(7)), 7)
+    assert prior == pytest.approx([c / 100 for c in SKEW])
+    assert np.log(prior) == pytest.approx(LOG_PRIOR, abs=1e-6)
+    # the choice rule has its own test above; here tau is fixed so the bias is known in advance
+    monkeypatch.setattr(cal, "choose_tau", lambda curve, drop: next(r for r in curve if r["tau"] == 0.5))
+    rep = cal.calibrate(d / "run", val, d / "skew_adj", cal.CalibrateConfig(), train_manifest=train)
+    want_bias = [-0.5 * v for v in LOG_PRIOR]  # angry +0.458, disgust +1.956, ...
+    assert rep["logit_adjustment"]["tau"] == 0.5
+    assert rep["logit_adjustment"]["bias"] == pytest.approx(want_bias, abs=1e-5)
+    a, _ = load_checkpoint(d / "run")
+    b, _ = load_checkpoint(d / "skew_adj")
+    x = torch.randn(64, 1, 24, 24)
+    with torch.no_grad():
+        la, lb = a.eval()(x), b.eval()(x)
+    torch.testing.assert_close(lb - la, torch.tensor(want_bias).expand(64, 7), rtol=0, atol=1e-4)
+    # per-class prediction counts: the rarest class gains, the most frequent loses
+    before = np.bincount(la.argmax(1).numpy(), minlength=7)
+    after = np.bincount(lb.argmax(1).numpy(), minlength=7)
+    assert after[1] > before[1] and after[0] <= before[0]
+    assert after[0] < before[0] or before[0] == 0
+    # on the validation rows: recall per class as the curve row at tau = 0.5 reports it
+    from train.api import preprocess_of
+    from train.evaluate import EvalConfig, label_mapping, model_logits, read_rows
+    from features.labels import get_label_set
+
+    side = json.loads((d / "run" / "best.json").read_text())
+    rows = read_rows(val, "val", label_mapping(side, get_label_set("fer2013"), tuple(side["labels"]["class_names"]), "none"))
+    lv = model_logits(a.eval(), preprocess_of(side), rows, EvalConfig(), "none")
+    rec = lambda p: np.array([(p[rows.targets == k] == k).mean() for k in range(7)])  # noqa: E731
+    r0, r1 = rec(lv.argmax(1)), rec((lv + np.array(want_bias)).argmax(1))
+    assert rep["chosen"]["uar"] == pytest.approx(r1.mean())
+    assert rep["curve"][0]["uar"] == pytest.approx(r0.mean())
+    assert r1[1] >= r0[1] and r1[0] <= r0[0]
 
 
 def _cli(args):

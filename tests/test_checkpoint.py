@@ -45,6 +45,24 @@ def test_save_load_round_trip(tmp_path):
     assert set(load_file(str(weights))) == set(model.state_dict())
 
 
+def test_saved_config_is_the_models_config(tmp_path):
+    """Every config field survives, including one that changes no weight shape
+    (dropout): a dropped field would rebuild a different model with the same tensors."""
+    import dataclasses
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    from train.models.registry import build_model, config_to_dict
+
+    model = build_model("vgg", **TINY_VGG, dropout=0.37, width=0.75, num_classes=5).eval()
+    save_checkpoint(tmp_path, model, {"labels": {"class_names": list("abcde")}})
+    side = json.loads((tmp_path / "best.json").read_text())
+    assert side["model"] == {"name": "vgg", "config": config_to_dict(model.config)}
+    assert side["model"]["config"]["dropout"] == 0.37 and side["model"]["config"]["width"] == 0.75
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.config == model.config
+    assert dataclasses.asdict(loaded.config) == dataclasses.asdict(model.config)
+
+
 def test_missing_sidecar_and_weights_are_clear(tmp_path):
     from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from train.models.registry import build_model

@@ -132,9 +132,71 @@ def test_report_round_trip(report):
     assert f"{100 * rep['variants']['all']['plain']['war']:.2f} %" in md
 
 
-def test_tencrop_runs(ckpt, fer_test):
+def _model_and_inputs(ckpt, fer_test):
+    """The checkpoint's model and its preprocessed test images (N, 1, 24, 24), built directly."""
+    from features.images import decode
+    from features.manifest import read_manifest
+    from train.checkpoint import load_checkpoint
+    from train.transforms import Preprocess
+
+    model, side = load_checkpoint(ckpt)
+    t, _ = read_manifest(fer_test, ["image", "label_id"])
+    x = Preprocess.from_dict(side["preprocess"]).apply([decode(b)[0] for b in t.column("image").to_pylist()])
+    return model.eval(), x, t.column("label_id").to_numpy()
+
+
+def _tta_logits(ckpt, fer_test, tta):
+    from train.api import preprocess_of
+    from train.checkpoint import load_checkpoint
+    from train.evaluate import EvalConfig, label_mapping, model_logits, read_rows
+
+    model, side = load_checkpoint(ckpt)
+    ls = get_label_set("fer2013")
+    rows = read_rows(fer_test, "test", label_mapping(side, ls, tuple(side["labels"]["class_names"]), "none"))
+    return model_logits(model.eval(), preprocess_of(side), rows, EvalConfig(batch_size=16), tta)
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(ckpt, fer_test, report):
+    """Horizontal flip (the last axis), averaged in logit space, computed by hand; an up-down
+    flip gives other numbers on this model, so the test tells the two apart."""
+    import torch
+
+    from train.metrics import score
+
+    model, x, y = _model_and_inputs(ckpt, fer_test)
+    with torch.no_grad():
+        want = ((model(x) + model(x.flip(-1))) / 2).numpy()
+        upside_down = ((model(x) + model(x.flip(-2))) / 2).numpy()
+    assert not np.allclose(want, upside_down, atol=1e-4)
+    got = _tta_logits(ckpt, fer_test, "flip")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # and the report's flip numbers are the scores of exactly these logits
+    rep, _ = report
+    hand = score(want, y, rep["class_names"])
+    flip = rep["variants"]["all"]["flip"]
+    assert (flip["war"], flip["nll"], flip["macro_f1"]) == pytest.approx((hand.war, hand.nll, hand.macro_f1), abs=1e-5)
+
+
+def test_tencrop_is_the_mean_over_a_hand_built_crop_set(ckpt, fer_test):
+    """Ten-crop: resize 24 -> 27 (x1.125), take the four corners and the centre of the image and
+    of its mirror image, average the logits. The crops are cut here by slicing."""
+    import torch
+    import torch.nn.functional as F
+
     from train.evaluate import EvalConfig, evaluate
 
+    model, x, _ = _model_and_inputs(ckpt, fer_test)
+    up = F.interpolate(x, size=(27, 27), mode="bilinear", align_corners=False, antialias=True)
+    crops = []
+    for img in (up, up.flip(-1)):
+        # corners, then the centre (torchvision's centre crop starts at round(3 / 2) = 2)
+        crops += [img[..., :24, :24], img[..., :24, 3:], img[..., 3:, :24], img[..., 3:, 3:], img[..., 2:26, 2:26]]
+    assert len(crops) == 10 and all(c.shape[-2:] == (24, 24) for c in crops)
+    with torch.no_grad():
+        want = torch.stack([model(c) for c in crops]).mean(0).numpy()
+        plain = model(x).numpy()
+    assert not np.allclose(want, plain, atol=1e-4)
+    np.testing.assert_allclose(_tta_logits(ckpt, fer_test, "tencrop"), want, rtol=1e-5, atol=1e-5)
     rep = evaluate(ckpt, fer_test, EvalConfig(tta="tencrop", plots=False))
     a, b = rep["variants"]["all"]["plain"], rep["variants"]["all"]["tencrop"]
     assert a["n"] == b["n"] == 42 and a["nll"] != b["nll"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import (
     accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix, f1_score,
-    precision_recall_fscore_support, recall_score, roc_auc_score,
+    log_loss, precision_recall_fscore_support, recall_score, roc_auc_score,
 )
 
 from train.metrics import expected_calibration_error, group_average, reliability_bins, score, softmax
@@ -104,3 +104,95 @@ def test_group_average_averages_logits_per_clip():
 def test_empty_rows_refused():
     with pytest.raises(ValueError, match="no rows"):
         score(np.zeros((0, 2)), np.zeros(0, int), ("a", "b"))
+
+
+# ---- the awkward cases, each against scikit-learn -------------------------------------------------
+# Four model classes; the targets hold three of them. "d" never occurs but is predicted twice (an
+# absent class the model still guesses), "c" occurs in a single row, and every "b" row is wrong.
+# docs/evaluate.md: UAR and macro-F1 average over the classes present in the targets, so "d"
+# (F1 0 by zero division) must not drag them down.
+AWK_NAMES = ("a", "b", "c", "d")
+# scikit-learn warns that "d" is predicted but never true: that is the case under test
+awkward_case = pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+
+
+@pytest.fixture
+def awkward():
+    rng = np.random.default_rng(3)
+    targets = np.array([0] * 6 + [1] * 4 + [2])
+    pred = np.array([0, 0, 0, 0, 0, 3] + [0, 2, 3, 0] + [2])
+    logits = rng.normal(0, 0.3, size=(len(targets), 4))
+    logits[np.arange(len(targets)), pred] += 2.0 + rng.uniform(0, 1, len(targets))
+    assert (logits.argmax(1) == pred).all()
+    return logits, targets, pred
+
+
+@awkward_case
+def test_headline_metrics_with_absent_single_row_and_all_wrong_classes(awkward):
+    logits, targets, pred = awkward
+    s = score(logits, targets, AWK_NAMES)
+    present = [0, 1, 2]
+    assert s.war == pytest.approx(accuracy_score(targets, pred)) == pytest.approx(6 / 11)
+    assert s.uar == pytest.approx(balanced_accuracy_score(targets, pred))
+    assert s.uar == pytest.approx(recall_score(targets, pred, labels=present, average="macro"))
+    assert s.uar == pytest.approx((5 / 6 + 0 + 1) / 3)  # by hand: a 5/6, b 0/4, c 1/1
+    want_f1 = f1_score(targets, pred, labels=present, average="macro", zero_division=0)
+    assert s.macro_f1 == pytest.approx(want_f1)
+    # the two readings of "macro" differ on this case, so the test tells them apart
+    over_all = f1_score(targets, pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
+    over_seen = f1_score(targets, pred, average="macro", zero_division=0)  # union of true and predicted
+    assert abs(want_f1 - over_all) > 0.05 and abs(want_f1 - over_seen) > 0.05
+    # a F1 = 2*(5/7)*(5/6)/((5/7)+(5/6)) = 10/13, b 0, c F1 = 2*(1/2)*1/(1/2+1) = 2/3
+    assert s.macro_f1 == pytest.approx((10 / 13 + 0 + 2 / 3) / 3)
+    assert s.confusion == confusion_matrix(targets, pred, labels=[0, 1, 2, 3]).tolist()
+    assert s.nll == pytest.approx(log_loss(targets, softmax(logits), labels=[0, 1, 2, 3]))
+
+
+@awkward_case
+def test_per_class_and_aucs_with_awkward_classes(awkward):
+    logits, targets, pred = awkward
+    s = score(logits, targets, AWK_NAMES)
+    probs = softmax(logits)
+    p, r, f, sup = precision_recall_fscore_support(targets, pred, labels=[0, 1, 2, 3], zero_division=0)
+    for k, name in enumerate(AWK_NAMES):
+        c = s.per_class[name]
+        assert (c["precision"], c["recall"], c["f1"], c["support"]) == pytest.approx((p[k], r[k], f[k], sup[k]))
+    assert s.per_class["b"]["recall"] == 0.0 and s.per_class["c"]["support"] == 1
+    for k in (0, 1, 2):  # present classes: one-vs-rest AUCs as scikit-learn gives them
+        y = (targets == k).astype(int)
+        assert s.per_class[AWK_NAMES[k]]["roc_auc"] == pytest.approx(roc_auc_score(y, probs[:, k]))
+        assert s.per_class[AWK_NAMES[k]]["pr_auc"] == pytest.approx(average_precision_score(y, probs[:, k]))
+    # the single-row class has both positives and negatives: a number, not None
+    assert 0.0 < s.per_class["c"]["roc_auc"] <= 1.0 and 0.0 < s.per_class["c"]["pr_auc"] <= 1.0
+    assert s.per_class["d"]["roc_auc"] is None and s.per_class["d"]["pr_auc"] is None
+    # a class that is every row has no negatives: undefined too, not 1.0 or a crash
+    only = score(logits[:6], targets[:6], AWK_NAMES)
+    assert only.per_class["a"]["roc_auc"] is None and only.per_class["a"]["pr_auc"] is None
+
+
+def _sklearn_top_label_ece(probs, targets, n_bins=15):
+    """Top-label ECE through scikit-learn's binary calibration_curve on (correct, confidence)."""
+    from sklearn.calibration import calibration_curve
+
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == targets).astype(int)
+    frac, mean = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0, 1, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)  # sklearn's own binning
+    counts = counts[counts > 0]
+    return float(np.sum(counts / len(conf) * np.abs(frac - mean)))
+
+
+@awkward_case
+def test_multiclass_ece_matches_sklearn_on_awkward_rows(awkward):
+    logits, targets, _ = awkward
+    probs = softmax(logits)
+    assert score(logits, targets, AWK_NAMES).ece == pytest.approx(_sklearn_top_label_ece(probs, targets))
+    rng = np.random.default_rng(11)
+    t = rng.integers(0, 3, 600)
+    lg = rng.normal(size=(600, 4)) * rng.uniform(0.5, 3, (600, 1))
+    lg[np.arange(600), t] += 1.0
+    assert expected_calibration_error(softmax(lg), t) == pytest.approx(_sklearn_top_label_ece(softmax(lg), t))
+    # all wrong at full confidence: the gap is the whole confidence
+    wrong = np.eye(3)[[1, 2, 0]]
+    assert expected_calibration_error(wrong, np.array([0, 1, 2])) == pytest.approx(1.0)

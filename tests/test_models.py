@@ -192,30 +192,45 @@ def test_wrong_input_shape_and_missing_text_are_clear_errors():
         tiny("miniaffectgpt")(torch.randn(2, 1, 16, 16), text=torch.randn(2, 384))
 
 
-def test_miniaffectgpt_prediction_does_not_depend_on_the_batch():
-    model = tiny("miniaffectgpt").eval()
-    x, kw, _ = make_batch(model, 6)
+def _batch_dependence(model, x, kw) -> float:
+    """Largest logit change of sample 0 between its full batch, alone, and among other companions."""
     with torch.no_grad():
         together = model(x, **kw)
         alone = torch.cat([model(x[i:i + 1], text=kw["text"][i:i + 1], text_mask=kw["text_mask"][i:i + 1])
-                           for i in range(6)])
+                           for i in range(len(x))])
         # the same sample next to different companions
         swapped = model(torch.cat([x[:1], x[3:]]), text=torch.cat([kw["text"][:1], kw["text"][3:]]),
                         text_mask=torch.cat([kw["text_mask"][:1], kw["text_mask"][3:]]))
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together[0], swapped[0], atol=1e-5, rtol=1e-5)
-    assert torch.equal(together.argmax(1), alone.argmax(1))
+    return max(float((together - alone).abs().max()), float((together[0] - swapped[0]).abs().max()))
+
+
+def test_miniaffectgpt_prediction_does_not_depend_on_the_batch():
+    model = tiny("miniaffectgpt").eval()
+    x, kw, _ = make_batch(model, 6)
+    assert _batch_dependence(model, x, kw) < 1e-5
+
+
+class _SeedBatchSoftmax(torch.nn.Module):
+    """The project's attention with the seed's mistake added: each sample's attended vector is
+    weighted by a softmax of its score taken across the batch (dim=0)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q, k, v, **kw):
+        attended, weights = self.attn(q, k, v, **kw)
+        w = torch.softmax(attended.sum(-1, keepdim=True) / attended.shape[-1] ** 0.5, dim=0)
+        return attended * w, weights
 
 
 def test_the_batch_check_catches_the_seeds_batch_softmax():
-    """The check above can fail: the seed's softmax over dim=0 is batch-dependent."""
-    torch.manual_seed(0)
-    q, k = torch.randn(6, 8), torch.randn(6, 8)
-
-    def seed_weights(q, k):
-        return torch.softmax((q * k).sum(1, keepdim=True) / 8 ** 0.5, dim=0)
-
-    assert not torch.allclose(seed_weights(q, k)[:1], seed_weights(q[:1], k[:1]))
+    """The check above can fail: the project's MiniAffectGPT with its attention swapped for the
+    seed's batch softmax is flagged, by the same measure that passes the real model."""
+    model = tiny("miniaffectgpt").eval()
+    x, kw, _ = make_batch(model, 6)
+    model.attn = _SeedBatchSoftmax(model.attn)
+    assert _batch_dependence(model, x, kw) > 1e-3
 
 
 def test_miniaffectgpt_masked_tokens_are_ignored():

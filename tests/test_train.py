@@ -211,11 +211,30 @@ def test_cli_run(tmp_path, pair):
     assert side["manifests"]["val"]["path"] == str(pair[1])  # found beside the train manifest
 
 
-def test_cli_amp_bf16_on_cpu(tmp_path, pair):
-    r = _cli(["run", "--manifest", str(pair[0]), "--model", "vgg", "--model-opt", "stages=[8,16]",
-              "--model-opt", "fc_dim=32", "--epochs", "1", "--max-steps", "1", "--amp",
-              "--out", str(tmp_path / "amp"), "--device", "cpu"])
-    assert r.exit_code == 0, r.output
+def test_cli_amp_bf16_on_cpu(tmp_path, pair, monkeypatch):
+    """--amp on the CPU trains in bfloat16: the logits that reach the loss are bf16 (float32
+    with --no-amp), and the sidecar says so."""
+    import train.loop
+    from train.models.base import logits_of
+
+    seen = []
+    real = train.loop.compute_loss
+
+    def spy(loss_fn, outputs, *a, **kw):
+        seen.append(logits_of(outputs).dtype)
+        return real(loss_fn, outputs, *a, **kw)
+
+    monkeypatch.setattr(train.loop, "compute_loss", spy)
+    for flag, want in (("--amp", torch.bfloat16), ("--no-amp", torch.float32)):
+        seen.clear()
+        out = tmp_path / flag.strip("-")
+        r = _cli(["run", "--manifest", str(pair[0]), "--model", "vgg", "--model-opt", "stages=[8,16]",
+                  "--model-opt", "fc_dim=32", "--epochs", "1", "--max-steps", "1", flag,
+                  "--out", str(out), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert seen and set(seen) == {want}, (flag, seen)
+        side = json.loads((out / "best.json").read_text())
+        assert side["train_config"]["amp"] is (flag == "--amp") and side["train_config"]["amp_dtype"] == "bf16"
 
 
 @pytest.mark.parametrize("case", ["schema", "test_split", "unknown_model", "no_val", "bad_option",
