@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 
-import click
+import typer
 from typer.core import TyperGroup
 
 EXIT_USER_ERROR = 2
@@ -49,14 +49,26 @@ def one_line(e: BaseException) -> str:
 class EdgeGroup(TyperGroup):
     """A TyperGroup whose `invoke` translates user errors (see the module docstring)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
         except Exception as e:  # noqa: BLE001 - filtered by is_user_error; the rest is re-raised
-            if not is_user_error(e) or os.environ.get("AFFECTLAB_TRACEBACK"):
+            # click's own exits and usage errors (typer carries its own copy of click) pass through
+            if type(e).__module__.split(".")[0] in ("click", "typer") or not is_user_error(e) \
+                    or os.environ.get("AFFECTLAB_TRACEBACK"):
                 raise
             sub = ctx.invoked_subcommand or ""
-            click.echo(f"{ctx.info_name or 'affectlab'}{' ' + sub if sub else ''}: {one_line(e)}", err=True)
-            raise click.exceptions.Exit(EXIT_USER_ERROR) from None
+            typer.echo(f"{_prog(ctx)}{' ' + sub if sub else ''}: {one_line(e)}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _prog(ctx) -> str:
+    """The app's name ('pipeline' / 'train'), also under a test runner that calls it 'root'."""
+    name = ctx.info_name or ""
+    if name in ("", "root", "main", "cli.py", "__main__.py"):
+        mod = (getattr(ctx.command, "callback", None) or is_user_error).__module__
+        for cmd in (ctx.command.commands or {}).values():
+            mod = getattr(cmd.callback, "__module__", "") or mod
+            break
+        name = mod.split(".")[0] if mod.split(".")[0] in ("pipeline", "train") else "affectlab"
+    return name

@@ -119,6 +119,7 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(21, f"{what} {path} is a folder; give the path of the file to write")
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_for(path)
@@ -126,6 +127,12 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     except OSError as e:
         raise OutputError(e.errno, f"{what} {path}: cannot write in {path.parent} ({e.strerror or e}); "
                           "choose a writable location") from None
+    finally:
+        for d in created:  # the check leaves no empty folder behind; the writer makes its own
+            try:
+                d.rmdir()
+            except OSError:
+                break
     return path
 
 
@@ -264,9 +271,14 @@ _VALUE_COLUMNS = ["sample_id", "label", "label_id"]
 _checked: dict[tuple[str, int, int], bool] = {}
 
 
-def _writer_remedy(producer: dict | None) -> str:
+def _writer_remedy(producer: dict | None, reading: bool = False) -> str:
+    """What to re-run: the command that wrote the file (from its producer metadata) when known."""
     cmd = (producer or {}).get("command") or (producer or {}).get("stage")
-    return f"fix the input of `{cmd}` and run it again" if cmd else REMEDY
+    if not cmd:
+        return REMEDY
+    if reading:
+        return f"re-create it with `{cmd}` (this file was written by it or edited since)"
+    return f"fix the input of `{cmd}` and run it again"
 
 
 def _rows(mask, limit: int = 5) -> str:
@@ -278,13 +290,14 @@ def _rows(mask, limit: int = 5) -> str:
 
 
 def check_values(table: pa.Table, ls: LabelSet, where: str, remedy: str = REMEDY,
-                 null_counts: dict[str, int] | None = None) -> None:
+                 null_counts: dict[str, int] | None = None, null_reader=None) -> None:
     """Raise ManifestError unless every row keeps the contract: `label_id` in 0..len(names)-1,
     `label == names[label_id]`, `sample_id` unique, required (non-nullable) columns without
     nulls. The message names the first bad rows (0-based row numbers) and what to re-run.
 
     Vectorised with pyarrow.compute: 13 ms on the 25,842-row fer_train manifest (2-core CPU). Columns absent from
-    `table` are not checked; `null_counts` (from Parquet statistics) replaces reading them."""
+    `table` are not checked; `null_counts` (from Parquet statistics) replaces reading them, and
+    `null_reader(name)` reads a column only to name the rows once a null is known to be there."""
     import pyarrow.compute as pc
 
     names = set(table.column_names)
@@ -294,9 +307,8 @@ def check_values(table: pa.Table, ls: LabelSet, where: str, remedy: str = REMEDY
             nulls[c.name] = table.column(c.name).null_count
     bad = sorted(k for k, v in nulls.items() if v)
     if bad:
-        first = ""
-        if bad[0] in names:
-            first = f" (first rows: {_rows(pc.is_null(table.column(bad[0])))})"
+        col = table.column(bad[0]) if bad[0] in names else (null_reader(bad[0]) if null_reader else None)
+        first = f" at rows {_rows(pc.is_null(col))}" if col is not None else ""
         raise ManifestError(f"{where}: required column(s) {bad} hold nulls{first}; {remedy}")
     n = len(ls.names)
     if "label_id" in names:
@@ -353,8 +365,8 @@ def _check_file_values(path: Path, ls: LabelSet) -> None:
                     nulls[name] = nulls.get(name, 0) + st_.null_count
     table = pf.read(columns=_VALUE_COLUMNS)
     prod = json.loads((md.metadata or {}).get(META_PRODUCER, b"{}") or b"{}")
-    check_values(table, ls, str(path), remedy=_writer_remedy(prod).replace("fix the input of", "re-run"),
-                 null_counts=nulls)
+    check_values(table, ls, str(path), remedy=_writer_remedy(prod, reading=True), null_counts=nulls,
+                 null_reader=lambda name: pf.read(columns=[name]).column(0))
     if len(_checked) > 256:
         _checked.clear()
     _checked[key] = True

@@ -150,7 +150,7 @@ class _run_lock:
     0 takes it under torchrun (the ranks of one run share the folder)."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.f = run_dir, None
+        self.run_dir, self.f, self.created = run_dir, None, False
 
     def __enter__(self):
         import fcntl
@@ -160,6 +160,8 @@ class _run_lock:
         from features.manifest import check_writable
 
         check_writable(self.run_dir / ".lock", "--out")
+        self.created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.f = open(self.run_dir / ".lock", "a+")
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,6 +181,10 @@ class _run_lock:
     def __exit__(self, *exc):
         if self.f is not None:
             self.f.close()  # closing releases the flock
+            if self.created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+                # a run that failed before writing anything leaves no folder behind
+                (self.run_dir / ".lock").unlink()
+                self.run_dir.rmdir()
 
 
 class RunLocked(RuntimeError):
