@@ -28,6 +28,8 @@ app.command("models")(_models.command)
 app.command("calibrate")(_calibrate.command)
 from train.commands import recipes as _recipes  # noqa: E402
 app.command("recipes")(_recipes.command)
+from train.commands import serve as _serve  # noqa: E402
+app.command("serve")(_serve.command)
 
 
 def main(argv: list[str] | None = None) -> None:
