@@ -27,7 +27,7 @@ def resolve_device(spec: str | None = "auto", flag: str = "--device") -> str:
         return "cpu"
     m = _CUDA.match(s)
     if s != "auto" and m is None:
-        raise DeviceError(f"{flag} {spec!r}: expected {CHOICES}")
+        raise DeviceError(f"{flag} {spec}: expected {CHOICES}")
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -25,16 +25,25 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def _why(e: BaseException, safetensors: bool) -> str:
-    """What a load failure means to a user, in a few words (torch's own texts run to paragraphs)."""
-    name = type(e).__name__
-    if "Weights only load failed" in str(e):
+def _why(e: BaseException, path: Path) -> str:
+    """What a load failure means to a user, in a few words (torch's own texts run to paragraphs).
+    The file's first bytes tell a truncated torch file (a zip) from a pickle or something else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as oe:
+        return f"not readable ({oe.strerror or oe})"
+    if path.suffix == ".safetensors":
+        detail = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        return f"not a complete safetensors file ({detail})"
+    if head.startswith(b"PK"):
+        return "truncated or damaged (a torch.save zip that does not open)"
+    if head[:1] == b"\x80" and "Weights only load failed" in str(e):
         return "a pickle holding objects or code, not plain tensors; it was not unpickled"
-    if name == "SafetensorError" or safetensors:
-        return f"not a complete safetensors file ({str(e).splitlines()[0][:80] if str(e) else name})"
-    if "zip archive" in str(e) or isinstance(e, EOFError):
-        return "truncated, or not a file torch.save wrote"
-    return f"not a torch weights file ({name})"
+    if head[:1] == b"\x80":
+        return "a truncated or damaged pickle"
+    shown = head.decode("latin-1").encode("unicode_escape").decode()[:8]
+    return f"not a torch or safetensors weights file (it starts with {shown!r})"
 
 
 def load_state_dict(path: str | Path, what: str, expect: str = "", key: str | None = None) -> dict[str, Any]:
@@ -62,7 +71,7 @@ def load_state_dict(path: str | Path, what: str, expect: str = "", key: str | No
                 warnings.simplefilter("ignore")
                 state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - SafetensorError, UnpicklingError, zip/EOF errors: one meaning
-        raise WeightsError(f"{what}: {p} is {_why(e, p.suffix == '.safetensors')}{hint}") from None
+        raise WeightsError(f"{what}: {p} is {_why(e, p)}{hint}") from None
     if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
         state = state[key]
     def has_tensors(d) -> bool:  # a state dict, or one nested a level down ({"params": {...}})
