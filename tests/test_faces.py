@@ -126,3 +126,75 @@ def test_faces_cli_clear_errors(tmp_path):
     assert res.exit_code == 2 and "does not exist" in res.output
     res = CliRunner().invoke(app, ["faces", "--in", str(src), "--out", str(tmp_path / "o.parquet"), "--shard", "3/2"])
     assert res.exit_code == 2 and "i/N" in res.output
+
+
+# --------------------------------------------------------------------------- MTCNN
+
+def _need_mtcnn():
+    from features.faces import mtcnn_available
+
+    if not mtcnn_available():
+        pytest.skip("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch==2.6.0)")
+
+
+def test_mtcnn_finds_the_astronaut_with_five_landmarks_and_batches():
+    from features.faces import detect_faces_batch
+
+    _need_mtcnn()
+    img = astronaut()
+    (face,) = detect_faces(img, backend="mtcnn")
+    x, y, w, h = face.box
+    assert 150 < x + w / 2 < 260 and 60 < y + h / 2 < 170 and 0.9 < face.score <= 1.0
+    lm = face.landmarks
+    assert lm.shape == (5, 2) and (lm[:, 0] > x).all() and (lm[:, 0] < x + w).all()
+    assert lm[0, 0] < lm[1, 0] and lm[:2, 1].max() < lm[2, 1] < lm[3:, 1].min()  # eyes, nose, mouth
+    grey = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(img).convert("L"))
+    batch = detect_faces_batch([img, np.full((100, 100, 3), 200, np.uint8), img, grey], backend="mtcnn")
+    assert [len(b) for b in batch] == [1, 0, 1, 1]
+    assert batch[0][0].box == face.box == batch[2][0].box
+
+
+def test_mtcnn_weights_missing_or_corrupt_and_package_absent(tmp_path, monkeypatch):
+    import sys
+
+    import facenet_pytorch
+
+    from features.faces import load_mtcnn
+
+    _need_mtcnn()
+    fake = tmp_path / "facenet_pytorch"
+    (fake / "data").mkdir(parents=True)
+    monkeypatch.setattr(facenet_pytorch, "__file__", str(fake / "__init__.py"))
+    load_mtcnn.cache_clear()
+    try:
+        with pytest.raises(FaceError, match=r"pnet.pt are missing; reinstall with pip install --no-deps"):
+            load_mtcnn("cpu")
+        for name in ("pnet.pt", "rnet.pt", "onet.pt"):
+            (fake / "data" / name).write_bytes(b"not a torch file")
+        with pytest.raises(FaceError, match=r"pnet.pt cannot be read") as e:
+            load_mtcnn("cpu")
+        assert "\n" not in str(e.value)
+        monkeypatch.setitem(sys.modules, "facenet_pytorch.models.mtcnn", None)
+        with pytest.raises(FaceError, match="needs facenet-pytorch.*--detector haar"):
+            load_mtcnn("cpu")
+    finally:
+        load_mtcnn.cache_clear()
+
+
+def test_landmark_crop_puts_the_landmarks_on_the_fer_template():
+    import cv2
+
+    from features.faces import FER_TEMPLATE
+
+    lm = np.array([[40, 52], [72, 48], [57, 70], [44, 86], [70, 83]], np.float32)  # a tilted face
+    face = Face((30, 35, 55, 65), 0.99, lm)
+    for pad in (0.0, 0.2):
+        m, out = crop_matrix(face, pad=pad, size=48)
+        moved = cv2.transform(lm[None], m)[0]
+        want = (FER_TEMPLATE - 0.5) * (48 / (1 + 2 * pad)) + 24
+        assert out == 48 and np.abs(moved - want).max() < 3.0
+    # without landmarks, or with the template off, the crop is the padded box as before
+    m_box, _ = crop_matrix(Face(face.box, 1.0, None), pad=0.0, size=48)
+    m_off, _ = crop_matrix(face, pad=0.0, size=48, template=None)
+    assert np.allclose(cv2.transform(np.array([[[57.5, 67.5]]], np.float32), m_box)[0, 0], (24, 24), atol=0.01)
+    assert not np.allclose(m_off, crop_matrix(face, pad=0.0, size=48)[0])

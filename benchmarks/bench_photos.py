@@ -1,0 +1,313 @@
+"""`make bench-photos`: real photos through the photo path (decode -> detect -> crop -> classify).
+
+Three measurements, all with one checkpoint (the shipped default unless --checkpoint):
+
+1. **Canvas round trip.** FER2013 test faces (a seeded sample of `manifests/fer_test.parquet`)
+   are pasted into larger canvases (random face size, position and background: flat grey, a
+   grey gradient or blurred noise; seed --seed) and run through detect -> crop -> classify; the
+   accuracy is compared with classifying the original 48x48 crops. A face the detector misses
+   counts as wrong. Reported per detector and crop margin (`pad`).
+2. **Margin on wild_dev.** `../shared/data/wild_dev/wild_dev.parquet` (1,341 labelled photos;
+   develop and report only, never train): detection once per detector, then accuracy / UAR per
+   pad, and detection + crop ms per photo at 1 thread.
+3. **`train predict` on wild_dev**, written as a labelled folder (<class>/<sha1>.jpg) and run
+   through `train.predict.run` (the CLI's engine) for each detector, with and without the
+   whole-image fallback, and with no detector: accuracy, UAR, face-found rate, accuracy on found
+   faces, photos/s.
+
+Scoring (wild_dev's PROVENANCE.md): the largest face is the photo's prediction, no face = wrong,
+accuracy over all photos, UAR = mean recall over the 7 classes.
+
+    python benchmarks/bench_photos.py --wild ../shared/data/wild_dev/wild_dev.parquet \\
+        --fer-test manifests/fer_test.parquet --out docs/results/photos
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+DETECTORS = ("mtcnn", "haar")
+# crop variants: MTCNN's five landmarks onto FER2013's template (features.faces.FER_TEMPLATE), or
+# the padded box with levelled eyes (all Haar can do)
+VARIANTS = (("mtcnn", "landmarks"), ("mtcnn", "box"), ("haar", "box"))
+PADS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+# The two peers on the held-out half of the same photo collection (not on wild_dev itself).
+PEERS = {"fer + Haar (held-out half)": 0.419, "fer + MTCNN (held-out half)": 0.473}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "load_average_1_5_15":
+            [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(), "gpu": "none used"}
+
+
+def acc_uar(pred: list, truth: list, classes) -> tuple[float, float]:
+    hit = np.array([p == t for p, t in zip(pred, truth)])
+    recalls = [hit[[t == c for t in truth]].mean() for c in classes if c in truth]
+    return float(hit.mean()), float(np.mean(recalls))
+
+
+def labels_of(predictor, crops: list[np.ndarray]) -> list[str]:
+    lg = predictor.logits(crops)
+    return [predictor.class_names[i] for i in lg.argmax(1)] if len(crops) else []
+
+
+def crops_at(imgs, found, pad: float, how: str) -> tuple[list[np.ndarray], list[int]]:
+    from features.faces import FER_TEMPLATE, crop_face
+
+    template = FER_TEMPLATE if how == "landmarks" else None
+    idx = [i for i, fs in enumerate(found) if fs]
+    return [crop_face(imgs[i], found[i][0], pad=pad, align=True, template=template) for i in idx], idx
+
+
+def predict_with_misses(predictor, imgs, found, pad: float, n: int, how: str) -> list:
+    crops, idx = crops_at(imgs, found, pad, how)
+    pred: list = [None] * n
+    for i, lab in zip(idx, labels_of(predictor, crops)):
+        pred[i] = lab
+    return pred
+
+
+def detect_all(imgs, detector: str, min_face: int) -> tuple[list, float]:
+    from features.faces import detect_faces_batch
+
+    t = time.perf_counter()
+    found = []
+    for i in range(0, len(imgs), 32):  # the chunk train predict uses
+        found += detect_faces_batch(imgs[i:i + 32], backend=detector, min_size=min_face)
+    return found, time.perf_counter() - t
+
+
+# ---- 1. canvas round trip --------------------------------------------------------------------
+
+def canvases(faces: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Each 48x48 grey face resized to 64-160 px and pasted at a random place of a canvas 1.6-3x
+    its size, on a flat, gradient or blurred-noise grey background (seeded)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in faces:
+        s = int(rng.integers(64, 161))
+        H, W = (int(s * rng.uniform(1.6, 3.0)) for _ in range(2))
+        kind = rng.integers(3)
+        if kind == 0:
+            bg = np.full((H, W), rng.integers(20, 236), np.float32)
+        elif kind == 1:
+            a, b = rng.integers(0, 256, 2)
+            bg = np.tile(np.linspace(a, b, W, dtype=np.float32), (H, 1))
+        else:
+            bg = cv2.GaussianBlur(rng.integers(0, 256, (H, W)).astype(np.float32), (0, 0), rng.uniform(2, 8))
+        y, x = int(rng.integers(0, H - s + 1)), int(rng.integers(0, W - s + 1))
+        bg[y:y + s, x:x + s] = cv2.resize(f, (s, s), interpolation=cv2.INTER_CUBIC)
+        out.append(np.clip(bg, 0, 255).astype(np.uint8))
+    return out
+
+
+def canvas_bench(predictor_of, fer_test: Path, n: int, seed: int, min_face: int) -> dict:
+    import pyarrow.parquet as pq
+
+    from features.images import decode
+
+    t = pq.read_table(fer_test, columns=["image", "label"])
+    pick = np.sort(np.random.default_rng(seed).choice(t.num_rows, size=min(n, t.num_rows), replace=False))
+    t = t.take(pick)
+    faces = [decode(b)[0] for b in t.column("image").to_pylist()]
+    truth = t.column("label").to_pylist()
+    base = predictor_of("none")
+    classes = base.class_names
+    direct, direct_uar = acc_uar(labels_of(base, faces), truth, classes)
+    imgs = canvases(faces, seed)
+    res = {"rows": len(faces), "seed": seed, "direct_accuracy": direct, "direct_uar": direct_uar, "detectors": {}}
+    found_of = {det: detect_all(imgs, det, min_face)[0] for det in DETECTORS}
+    for det, how in VARIANTS:
+        p = predictor_of(det)
+        found = found_of[det]
+        rate = float(np.mean([bool(f) for f in found]))
+        per_pad = {}
+        for pad in PADS:
+            acc, uar = acc_uar(predict_with_misses(p, imgs, found, pad, len(imgs), how), truth, classes)
+            per_pad[str(pad)] = {"accuracy": acc, "uar": uar, "loss_points": 100 * (direct - acc)}
+        det = f"{det}/{how}"
+        res["detectors"][det] = {"face_found": rate, "pads": per_pad}
+        print(f"canvas {det}: found {rate:.1%}; " + ", ".join(
+            f"pad {k}: {v['accuracy']:.1%}" for k, v in per_pad.items()) + f" (direct {direct:.1%})", flush=True)
+    return res
+
+
+# ---- 2. margin and speed on wild_dev --------------------------------------------------------
+
+def margin_bench(predictor_of, imgs, truth, min_face: int) -> dict:
+    from features.faces import crop_face
+
+    out, found_of = {}, {}
+    for det in DETECTORS:
+        detect_all(imgs[:8], det, min_face)  # warm-up: weights loaded, first-call allocations done
+        found_of[det] = detect_all(imgs, det, min_face)
+    for det, how in VARIANTS:
+        p = predictor_of(det)
+        found, secs = found_of[det]
+        t = time.perf_counter()
+        for im, fs in zip(imgs, found):
+            if fs:
+                crop_face(im, fs[0], pad=p.pad, align=True, **({} if how == "landmarks" else {"template": None}))
+        crop_s = time.perf_counter() - t
+        per_pad = {}
+        for pad in PADS:
+            pred = predict_with_misses(p, imgs, found, pad, len(imgs), how)
+            acc, uar = acc_uar(pred, truth, p.class_names)
+            per_pad[str(pad)] = {"accuracy": acc, "uar": uar}
+        det = f"{det}/{how}"
+        out[det] = {"face_found": float(np.mean([bool(f) for f in found])),
+                    "ms_detect_per_photo": 1000 * secs / len(imgs), "ms_crop_per_photo": 1000 * crop_s / len(imgs),
+                    "pads": per_pad}
+        print(f"wild_dev {det}: found {out[det]['face_found']:.1%}, {out[det]['ms_detect_per_photo']:.1f} ms detect "
+              f"+ {out[det]['ms_crop_per_photo']:.2f} ms crop; " + ", ".join(
+                  f"pad {k}: {v['accuracy']:.1%}/{v['uar']:.1%}" for k, v in per_pad.items()), flush=True)
+    return out
+
+
+# ---- 3. train predict on wild_dev -----------------------------------------------------------
+
+def predict_bench(checkpoint, folder: Path, n: int) -> list[dict]:
+    from train.api import EmotionPredictor
+    from train.predict import PredictConfig, run, score_labelled
+
+    rows = []
+    for det, fallback in (("mtcnn", True), ("mtcnn", False), ("haar", True), ("haar", False), ("none", True)):
+        p = EmotionPredictor.from_checkpoint(checkpoint, detector=det, fallback=fallback)
+        t = time.perf_counter()
+        records = run(p, [str(folder)], PredictConfig())
+        secs = time.perf_counter() - t
+        s = score_labelled(records, p.class_names)
+        name = f"{det} + whole-image fallback" if fallback and det != "none" else (
+            "none (whole photo, central square)" if det == "none" else f"{det}, no fallback")
+        rows.append({"config": name, "detector": det, "fallback": fallback, "pad": p.pad,
+                     "photos": s["photos"], "accuracy": s["accuracy"], "uar": s["uar"],
+                     "face_found": s["face_found"] if det != "none" else None,
+                     "face_or_fallback": s["face_or_fallback"], "accuracy_on_found": s["accuracy_on_found"]
+                     if det != "none" else None, "photos_per_s": n / secs})
+        print(f"train predict {name}: accuracy {s['accuracy']:.1%}, UAR {s['uar']:.1%}, found "
+              f"{s['face_found']:.1%}, {n / secs:.1f} photos/s", flush=True)
+    return rows
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# Photos: wild_dev through `train predict` ({res['date']})", "",
+             f"Checkpoint `{res['checkpoint']}`; {m['cpu']}, {m['cores']} cores, no GPU, torch at 1 thread "
+             f"for the timings (load average at the start {m['load_average_1_5_15']}).",
+             f"Reproduce: `{res['command']}`.", "",
+             "| config | pad | accuracy | UAR | face found (detector) | face or fallback | accuracy on found | photos/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["predict"]:
+        lines.append(f"| {r['config']} | {r['pad']} | {_pct(r['accuracy'])} | {_pct(r['uar'])} | {_pct(r['face_found'])} "
+                     f"| {_pct(r['face_or_fallback'])} | {_pct(r['accuracy_on_found'])} | {r['photos_per_s']:.1f} |")
+    for name, acc in PEERS.items():
+        lines.append(f"| peer: {name} | | {_pct(acc)} | | | | | |")
+    lines += ["", "Detection + crop at 1 thread, wild_dev (largest face of each photo):", "",
+              "| detector | face found | ms detect / photo | ms crop / photo |", "|---|---|---|---|"]
+    for det, d in res["margin"].items():
+        lines.append(f"| {det} | {_pct(d['face_found'])} | {d['ms_detect_per_photo']:.1f} | {d['ms_crop_per_photo']:.2f} |")
+    lines += ["", "Crop margin (pad, fraction of the box on each side) on wild_dev, accuracy / UAR:", "",
+              "| detector | " + " | ".join(PADS_STR) + " |", "|---" * (len(PADS) + 1) + "|"]
+    for det, d in res["margin"].items():
+        lines.append(f"| {det} | " + " | ".join(f"{_pct(d['pads'][p]['accuracy'])} / {_pct(d['pads'][p]['uar'])}"
+                                               for p in PADS_STR) + " |")
+    c = res.get("canvas")
+    if c:
+        lines += ["", f"Canvas round trip: {c['rows']} FER2013 test faces (seed {c['seed']}) pasted into larger "
+                  f"canvases; direct crops score {_pct(c['direct_accuracy'])}. Accuracy through detect -> crop -> "
+                  "classify (a missed face is wrong) and the loss in points:", "",
+                  "| detector | face found | " + " | ".join(PADS_STR) + " |", "|---" * (len(PADS) + 2) + "|"]
+        for det, d in c["detectors"].items():
+            lines.append(f"| {det} | {_pct(d['face_found'])} | " + " | ".join(
+                f"{_pct(d['pads'][p]['accuracy'])} ({d['pads'][p]['loss_points']:+.1f})" for p in PADS_STR) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PADS_STR = [str(p) for p in PADS]
+
+
+@app.command()
+def main(
+    wild: Annotated[Path, typer.Option(help="wild_dev.parquet")] = Path("../shared/data/wild_dev/wild_dev.parquet"),
+    fer_test: Annotated[Path, typer.Option(help="FER2013 test manifest (canvas round trip)")] =
+    Path("manifests/fer_test.parquet"),
+    checkpoint: Annotated[Path | None, typer.Option(help="default: the shipped model")] = None,
+    canvas_n: Annotated[int, typer.Option(help="FER2013 test faces in the canvas round trip (0: skip)")] = 1000,
+    seed: int = 0,
+    limit: Annotated[int, typer.Option(help="first N wild_dev photos only (a smoke run; 0: all)")] = 0,
+    min_face: int = 24,
+    out: Annotated[Path, typer.Option(help="folder for photos.json and photos.md")] = Path("docs/results/photos"),
+) -> None:
+    import cv2
+    import pyarrow.parquet as pq
+    import torch
+
+    from train.api import EmotionPredictor, default_checkpoint, load_image
+
+    for path, what in ((wild, "wild_dev.parquet (../shared/data/wild_dev)"), (fer_test, "the FER2013 test "
+                                                                                       "manifest (make manifests-fer)")):
+        if not path.is_file() and (path != fer_test or canvas_n):
+            print(f"error: {path} not found: {what}", file=sys.stderr)
+            raise typer.Exit(2)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    ckpt = checkpoint or default_checkpoint()
+    cache: dict = {}
+
+    def predictor_of(det: str) -> EmotionPredictor:
+        if det not in cache:
+            cache[det] = EmotionPredictor.from_checkpoint(ckpt, detector=det, fallback=False)
+        return cache[det]
+
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+           "checkpoint": str(Path(ckpt).resolve().relative_to(ROOT)) if Path(ckpt).resolve().is_relative_to(ROOT)
+           else str(ckpt),
+           "command": "make bench-photos  # python benchmarks/bench_photos.py " + " ".join(sys.argv[1:]),
+           "scoring": "largest face per photo; no face = wrong; accuracy over all photos; UAR over 7 classes"}
+    if canvas_n:
+        res["canvas"] = canvas_bench(predictor_of, fer_test, canvas_n, seed, min_face)
+    t = pq.read_table(wild, columns=["image", "label", "sha1"])
+    t = t.slice(0, limit) if limit else t
+    blobs, truth, sha = (t.column(c).to_pylist() for c in ("image", "label", "sha1"))
+    imgs = [load_image(b) for b in blobs]
+    res["margin"] = margin_bench(predictor_of, imgs, truth, min_face)
+    with tempfile.TemporaryDirectory() as tmp:
+        for b, lab, h in zip(blobs, truth, sha):
+            (Path(tmp) / lab).mkdir(exist_ok=True)
+            (Path(tmp) / lab / f"{h}.jpg").write_bytes(b)
+        res["predict"] = predict_bench(ckpt, Path(tmp), len(blobs))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "photos.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "photos.md").write_text(markdown(res))
+    print(f"wrote {out / 'photos.json'} and {out / 'photos.md'}")
+
+
+if __name__ == "__main__":
+    app()
