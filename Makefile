@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	# facexlib (named by the design card) without its deps: its metadata asks for opencv-python,
 	# which clashes with opencv-python-headless; the RetinaFace path needs neither numba nor filterpy.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps facexlib==0.3.0
+	# facenet-pytorch's MTCNN (the default face detector; weights inside its wheel) without its deps:
+	# its metadata pins torch<2.3 and numpy<2; `detect` pins what its import needs.
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[detect]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
 	# gradio (`train serve`) without its deps: its metadata caps pillow below 13, which this project
 	# pins; its runtime dependencies come pinned from the `serve` extra above.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps gradio==6.31.0
@@ -145,6 +149,14 @@ peers-weights: setup-bench
 
 bench-peers: peers-weights
 	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(foreach o,$(OURS),--ours $(o))
+
+# wild_dev photos through `train predict` per face detector and with the whole-image fallback,
+# plus the canvas round trip on FER2013 test faces (docs/predict.md); ~20 min on 2 cores.
+WILD ?= ../shared/data/wild_dev/wild_dev.parquet
+.PHONY: bench-photos
+bench-photos: setup
+	@test -f manifests/fer_test.parquet || $(MAKE) --no-print-directory manifests-fer
+	$(PY) benchmarks/bench_photos.py --wild $(WILD) --fer-test manifests/fer_test.parquet --out docs/results/photos
 
 # The FER2013 ablation (BorderlineSMOTE vs class weights vs bicubic x4, same model and budget):
 # About 75 min on 2 CPU cores at ABLATION_EPOCHS=4 (the README's table); resumable, finished
