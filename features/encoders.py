@@ -211,7 +211,9 @@ def load_text_encoder(spec: EncoderSpec | str) -> TextEncoder:
 
     device = _torch_device(spec.device)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    from features.weights import from_pretrained  # a bad weights file: one line naming it
+
+    model = from_pretrained(AutoModel, path, f"text encoder {spec.name}").to(device).eval()
     cfg = model.config
     dim = int(getattr(cfg, "hidden_size", None) or cfg.dim)  # DistilBERT's config calls it `dim`
     return TextEncoder(spec.name, weights, path, d.pooling, d.normalize, spec.max_length, model, tok, device, dim)
@@ -258,7 +260,9 @@ def _load_clip(spec: EncoderSpec, device) -> ImageEncoder:
     _quiet_transformers()
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True).to(device).eval()
+    from features.weights import from_pretrained  # a bad weights file: one line naming it
+
+    model = from_pretrained(CLIPVisionModelWithProjection, path, "image encoder clip").to(device).eval()
     proc = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
 
     class _Embeds(torch.nn.Module):  # the 512-d projected image_embeds, what the CLIP seed trains on

@@ -96,3 +96,27 @@ def load_into(model, path: str | Path, what: str, expect: str = "", key: str | N
     except RuntimeError as e:
         hint = f"; put {expect} there" if expect else ""
         raise WeightsError(f"{what}: {path} does not fit the model ({_first_line(e)}){hint}") from None
+
+
+def from_pretrained(cls, path: str | Path, what: str, **kw):
+    """`cls.from_pretrained(path, local_files_only=True)` for a Hugging Face model folder, with a
+    truncated, foreign or pickled weights file (transformers reads .bin files with
+    weights_only=True and raises an UnpicklingError that names no file) turned into one
+    WeightsError naming the file inside `path`."""
+    import pickle
+
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True, **kw)
+    except Exception as e:  # noqa: BLE001 - filtered below; anything else is re-raised as is
+        name = type(e).__name__
+        if not (isinstance(e, (OSError, EOFError, pickle.UnpicklingError)) or name == "SafetensorError"
+                or "Weights only load failed" in str(e)):
+            raise
+        folder = Path(path)
+        files = [folder / f for f in ("model.safetensors", "pytorch_model.bin")] if folder.is_dir() else [folder]
+        weights = next((f for f in files if f.is_file()), None)
+        if weights is None:
+            raise WeightsError(f"{what}: {folder} holds no readable weights ({_first_line(e)}); put a "
+                               "`save_pretrained` folder or hub snapshot there (`pipeline weights`)") from None
+        raise WeightsError(f"{what}: {weights} is {_why(e, weights)}; put the model's own file there "
+                           "(`pipeline weights` lists where each model goes)") from None

@@ -349,6 +349,44 @@ def test_hostile_weight_files(base, tmp_path, case_id):
     assert "object at 0x" not in line
 
 
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+    """Tiny random BLIP, DistilBERT and CLIP folders (save_pretrained layout), built offline."""
+    from tiny_models import tiny_blip_captioner, tiny_clip_vision, tiny_distilbert
+
+    d = tmp_path_factory.mktemp("hf")
+    return {"caption": tiny_blip_captioner(d / "blip"), "distilbert": tiny_distilbert(d / "dist"),
+            "clip": tiny_clip_vision(d / "clip")}
+
+
+HF_COMMANDS = {
+    "caption": lambda m, w, t: ["pipeline", "caption", "--in", m, "--out", t / "o.parquet", "--model", w],
+    "distilbert": lambda m, w, t: ["pipeline", "embed", "--in", m, "--out", t / "o.parquet", "--encoder", "distilbert",
+                                   "--weights", w],
+    "clip": lambda m, w, t: ["pipeline", "embed", "--in", m, "--out", t / "o.parquet", "--encoder", "clip",
+                             "--weights", w],
+}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "pickle"])
+@pytest.mark.parametrize("model", list(HF_COMMANDS))
+def test_hostile_hugging_face_folders(hf_models, tmp_path, model, kind):
+    """A save_pretrained folder whose weights file is truncated, or replaced by a pickle."""
+    from tiny_models import write_face_manifest
+
+    folder = tmp_path / "model"
+    shutil.copytree(hf_models[model], folder)
+    weights = folder / "model.safetensors"
+    if kind == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+        weights = _evil_pickle(folder / "pytorch_model.bin", tmp_path / "PWNED")
+    m = write_face_manifest(tmp_path / "in.parquet", n=4, captions=["a face"] * 4)
+    assert_one_line(run_cli(HF_COMMANDS[model](m, folder, tmp_path)), [str(weights), "pipeline weights"])
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "o.parquet").exists()
+
+
 def test_resnet_imagenet_names_the_file_and_where(base, tmp_path):
     r = run_cli(["train", "run", "--manifest", base["train"], "--val", base["val"], "--model", "resnet18",
                  "--model-opt", 'pretrained="imagenet"', "--epochs", "1", "--out", tmp_path / "o"],

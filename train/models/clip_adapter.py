@@ -76,7 +76,9 @@ def _load_encoder(cfg: ClipAdapterConfig) -> nn.Module:
     from features.hub import resolve
 
     path = resolve(cfg.encoder, "CLIP vision encoder", files=("config.json",))
-    enc = CLIPVisionModelWithProjection.from_pretrained(str(path))
+    from features.weights import from_pretrained  # a bad weights file: one line naming it
+
+    enc = from_pretrained(CLIPVisionModelWithProjection, path, "CLIP vision encoder")
     if enc.config.projection_dim != cfg.feature_dim:
         raise ValueError(f"{cfg.encoder} embeds to {enc.config.projection_dim} dims but "
                          f"feature_dim is {cfg.feature_dim}; set feature_dim to match")
