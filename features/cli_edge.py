@@ -43,6 +43,9 @@ def one_line(e: BaseException) -> str:
                   else e) or type(e).__name__
         if isinstance(e, KeyError) and msg.startswith(("'", '"')):
             msg = msg[1:-1]
+    if "Weights only load failed" in msg:  # torch's paragraph (it even advises weights_only=False)
+        msg = ("a weights file is a pickle holding objects or code, not plain tensors; it was not "
+               "unpickled. Use the model's safetensors file (`pipeline weights` lists where each goes)")
     return " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
 
