@@ -80,23 +80,27 @@ def torch_hub_checkpoints() -> Path:
 
 
 def _weights_path(spec: str, depth: int) -> Path:
-    from features.hub import resolve
+    from features.hub import WeightsNotFound, resolve
 
     fname = _file_name(torch_hub_checkpoints() if spec == "imagenet" else Path(spec).expanduser(), depth)
     if spec == "imagenet":
-        spec = str(torch_hub_checkpoints())
+        p = torch_hub_checkpoints() / fname
+        if not p.is_file():
+            raise WeightsNotFound(
+                f"resnet{depth} pretrained=imagenet: {fname} is not at {p}; copy torchvision's ImageNet "
+                f"file {fname} there (torchvision downloads it to that folder on a machine with "
+                "network), or pass pretrained=PATH (`pipeline weights` lists it)")
+        return p
     p = resolve(spec, f"resnet{depth} ImageNet weights", files=(fname,))
     return p / fname if p.is_dir() else p
 
 
 def load_imagenet_weights(net: nn.Module, spec: str, depth: int, in_chans: int, stem48: bool) -> None:
     """Load torchvision's ImageNet weights without unpickling code (weights_only=True)."""
+    from features.weights import load_state_dict
+
     path = _weights_path(spec, depth)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict(path, f"resnet{depth} ImageNet weights", f"torchvision's {WEIGHT_FILES[depth]}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if stem48:
         # a 3x3/1 stem cannot reuse the 7x7/2 kernel; it trains from scratch, the rest is kept.
@@ -108,7 +112,9 @@ def load_imagenet_weights(net: nn.Module, spec: str, depth: int, in_chans: int, 
     missing, unexpected = net.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.startswith(("fc.", "conv1."))]
     if bad or unexpected:
-        raise ValueError(f"{path} does not look like torchvision resnet{depth} weights: "
+        from features.weights import WeightsError
+
+        raise WeightsError(f"{path} does not look like torchvision resnet{depth} weights: "
                          f"missing {bad[:5]}, unexpected {list(unexpected)[:5]}")
 
 
