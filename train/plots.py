@@ -227,7 +227,8 @@ def thumbnails(images, captions, path: str | Path, cols: int = 8, title: str = "
         raise ValueError("thumbnails: no images to draw")
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.95 * rows), squeeze=False)
+    # constrained layout keeps each three-line caption clear of the row above it
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.1 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, im, cap in zip(axes.flat, images, captions):
@@ -236,7 +237,6 @@ def thumbnails(images, captions, path: str | Path, cols: int = 8, title: str = "
         ax.set_title(cap, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
