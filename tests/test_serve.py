@@ -136,6 +136,16 @@ def test_astronaut_and_a_fer_face_are_boxed_and_labelled_as_the_api_does(client,
     assert message.startswith("2 photo(s)")
 
 
+def test_a_webcam_snapshot_is_analysed_like_a_photo(client, photos, predictor):
+    from gradio_client import handle_file
+
+    _, _, label, records, message = client.predict(handle_file(str(photos / "astronaut.png")), api_name="/webcam")
+    api = predictor.predict(photos / "astronaut.png", k=3)
+    assert [r["image"] for r in records] == ["webcam"] * len(api)
+    assert [(r["label"], r["box"]) for r in records] == [(f.label, list(f.box)) for f in api]
+    assert label["label"] == records[0]["label"] and message.startswith("1 photo(s)")
+
+
 @pytest.mark.parametrize("name, says", [("notes.png", "not a readable image"), ("huge.png", "too large"),
                                         ("empty.mp4", "not a readable image")])
 def test_a_hostile_photo_is_a_message_and_the_server_answers_the_next_request(client, photos, name, says):
