@@ -35,7 +35,8 @@ def _rows(counts=COUNTS, size=16, split="train", channels=1):
             pix = synth_face(c, i, seed=3, size=size)
             if channels == 3:
                 pix = np.repeat(pix[..., None], 3, axis=2)
-            src = f"{LS.names[c]}/{i}.png"
+            tag = "" if (split, size, channels) == ("train", 16, 1) else f"{split}-{size}px-{channels}ch/"
+            src = f"{tag}{LS.names[c]}/{i}.png"  # sample_ids stay unique when rows are mixed
             rows.append({
                 "sample_id": sample_id("synth", src), "dataset": "synth", "split": split, "source_path": src,
                 "label": LS.names[c], "label_id": c, "label_set": LS.name, "image": encode(pix),

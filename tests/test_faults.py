@@ -596,6 +596,36 @@ def test_a_killed_writer_leaves_a_temp_that_the_next_write_sweeps(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
 
+KILL_IN_STAGE = """
+import os, signal
+import pyarrow.parquet as pq
+real = pq.write_table
+n = [0]
+def write_table(table, where, **kw):
+    n[0] += 1
+    if n[0] == {at}:  # half a file, then the power goes
+        open(where, 'wb').write(b'PAR1 half')
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(table, where, **kw)
+pq.write_table = write_table
+from pipeline.cli import main
+main({argv!r})
+"""
+
+
+@pytest.mark.parametrize("at", [1, 3])  # killed in a batch's part file, or later in the output itself
+def test_a_killed_stage_leaves_no_temp_after_a_rerun(base, tmp_path, at):
+    out = tmp_path / "o.parquet"
+    argv = ["enhance", "--in", str(base["test"]), "--out", str(out), "--sr", "none", "--color", "gray2rgb",
+            "--batch-size", "8", "--device", "cpu"]
+    r = _python(KILL_IN_STAGE.format(at=at, argv=argv))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert list(tmp_path.rglob(".*.tmp")), "the kill should have left a temp file to sweep"
+    assert run_cli(["pipeline", *argv]).exit_code == 0
+    assert not list(tmp_path.rglob(".*.tmp"))
+    assert pq.read_metadata(out).num_rows == pq.read_metadata(base["test"]).num_rows
+
+
 def test_a_live_writers_temp_is_never_swept(tmp_path):
     from features.manifest import sweep_stale_tmp
 
