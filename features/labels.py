@@ -92,6 +92,19 @@ register_label_set(LabelSet(
 # fer2013new.csv vote columns, in file order.
 FERPLUS_VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                         "contempt", "unknown", "NF")
+
+
+def vote_columns_in(ls: LabelSet) -> list[int | None]:
+    """For each FER+ vote column (FERPLUS_VOTE_COLUMNS order), the index of its class in `ls`,
+    or None where `ls` has no such class ('unknown' and 'NF' never map: they are not emotions).
+    FER+ (Barsoum et al. 2016) builds its probability targets from exactly these columns."""
+    out: list[int | None] = []
+    for name in FERPLUS_VOTE_COLUMNS:
+        canon = _ALIASES.get(name.lower())
+        out.append(ls.canonical.index(canon) if canon is not None and canon in ls.canonical else None)
+    return out
+
+
 register_label_set(LabelSet(
     "ckplus", ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"),
     "CK+ (CK+48 folder names); no neutral."))

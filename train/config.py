@@ -25,6 +25,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "preset": ("7", "5", "4", "2"),
     "amp_dtype": ("bf16", "fp16"),
+    "targets": ("labels", "votes"),
 }
 
 
@@ -39,6 +40,12 @@ class TrainConfig:
     val: str | None = None
     out: str = "runs/train"
     preset: str = "7"
+    # train on another label set's classes (mapped by canonical name; rows of classes it lacks
+    # are dropped), e.g. a FER+ manifest as FER2013's 7 classes
+    classes: str | None = None
+    # labels: the manifest's (majority) label; votes: FER+ vote distributions as probability
+    # targets (Barsoum et al. 2016's probability-distribution scheme), needs ferplus_votes
+    targets: str = "labels"
     text_features: str | None = None
     image_features: str | None = None
     # model options forwarded to the registry's model_config (None values keep its defaults)
@@ -106,6 +113,9 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup < 0 or (self.warmup and self.warmup >= self.epochs):
             raise ConfigError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs})")
+        if self.targets == "votes" and self.loss != "ce":
+            raise ConfigError(f"--targets votes trains against probability targets with "
+                              f"cross-entropy; --loss {self.loss} takes hard labels only (use --loss ce)")
         if not 0 <= self.distill_alpha <= 1:
             raise ConfigError(f"--distill-alpha must be in [0, 1], got {self.distill_alpha}")
         if self.distill_temperature <= 0:

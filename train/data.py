@@ -55,6 +55,7 @@ class SplitData:
     features: Any = None  # float32 (N,D) for feature models
     text: Any = None  # float32 (N,D) or (N,L,D)
     text_mask: Any = None  # bool (N,L)
+    soft: Any = None  # float32 (N,K) probability targets (FER+ votes), or None for hard labels
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -63,6 +64,8 @@ class SplitData:
     def take(self, idx) -> dict[str, Any]:
         """A batch of raw inputs (uint8 images, not yet augmented or normalised)."""
         out: dict[str, Any] = {"y": self.labels[idx], "index": idx}
+        if self.soft is not None:
+            out["soft"] = self.soft[idx]
         if self.kind == "feature":
             out["x"] = self.features[idx]
         elif self.images is not None:
@@ -89,8 +92,15 @@ def sibling_val(train_manifest: str | Path) -> Path | None:
 
 def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
                text_features: str | None = None, image_features: str | None = None,
-               workers: int = 2, memory_budget: int | None = None) -> SplitData:
-    """Read the rows of `path` whose split is `role` ('train' or 'val') into memory."""
+               workers: int = 2, memory_budget: int | None = None, classes: str | None = None,
+               targets: str = "labels") -> SplitData:
+    """Read the rows of `path` whose split is `role` ('train' or 'val') into memory.
+
+    `classes` (a label set name) maps the manifest's classes onto that set by canonical name;
+    rows of classes it lacks are dropped (FER+ contempt on FER2013's 7). `targets="votes"` adds
+    FER+ probability targets (`SplitData.soft`, (N,K) rows summing to 1) from the manifest's
+    `ferplus_votes`: the FER+ paper's probability-distribution scheme (Barsoum et al. 2016),
+    'unknown' and 'NF' votes dropped; the hard label stays the majority label."""
     import torch
 
     path = Path(path)
@@ -100,6 +110,12 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
         cols.append("image")
     if spec.kind == "clip":
         cols += ["clip_id", "frame_index"]
+    if targets == "votes":
+        if "ferplus_votes" not in schema.names:
+            raise DataError(f"{path} has no FER+ votes (column ferplus_votes); --targets votes needs "
+                            "a FER+ manifest: `pipeline ingest ... --dataset ferplus "
+                            "--ferplus-parquet ferplus.parquet`, or train with --targets labels")
+        cols.append("ferplus_votes")
     table, _ = read_manifest(path, columns=cols)
     splits = set(table.column("split").to_pylist())
     if "test" in splits:
@@ -115,15 +131,25 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
     if keep.size < len(split_col):
         table = table.take(keep)
 
-    names, mapping = _preset(ls, preset, path)
+    names, mapping = class_map(ls, preset, classes, path)
     label_ids = np.asarray(table.column("label_id").to_numpy(), dtype=np.int64)
     if label_ids.size and (label_ids.min() < 0 or label_ids.max() >= len(ls)):
         raise DataError(f"{path}: label_id outside 0..{len(ls) - 1} of label set {ls.name!r}")
-    y = np.asarray(mapping, dtype=np.int64)[label_ids]
+    y = np.asarray([-1 if m is None else m for m in mapping], dtype=np.int64)[label_ids]
+    dropped = int((y < 0).sum())
+    if dropped:  # classes the target set lacks (--classes)
+        kept = np.flatnonzero(y >= 0)
+        table, y = table.take(kept), y[kept]
     ids = table.column("sample_id").to_pylist()
 
     data = SplitData(labels=None, sample_ids=ids, class_names=names, label_set=ls, kind=spec.kind,
                      preprocess=spec.preprocess)
+    data.info["dropped_rows"] = dropped
+    if targets == "votes":
+        if spec.kind == "clip":
+            raise DataError(f"{path}: --targets votes is for image models (FER+ has no clips)")
+        data.soft = torch.from_numpy(vote_targets(table.column("ferplus_votes").to_pylist(), ls,
+                                                  mapping, y, len(names), path))
     if spec.kind == "clip":
         groups, y, ids = _group_clips(table, y, spec.frames, path)
         data.sample_ids = ids
@@ -162,6 +188,58 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
         else:
             data.text = torch.from_numpy(vec)
     return data
+
+
+def class_map(ls: LabelSet, preset: str, classes: str | None,
+              path: Path) -> tuple[tuple[str, ...], list[int | None]]:
+    """Output class names and, for each class of `ls`, its output index (None: row dropped).
+
+    `classes` names a label set to train on instead of the manifest's own (e.g. a FER+ manifest
+    trained as FER2013's 7 classes, contempt dropped); it needs preset 7 and every class of the
+    target set present in `ls`."""
+    if classes is not None and str(preset) != "7":
+        raise DataError(f"--classes {classes} maps whole label sets; use it with --preset 7")
+    names, mapping = _preset(ls, preset, path)
+    if classes is None:
+        return names, list(mapping)
+    from features.labels import cross_map, get_label_set
+
+    try:
+        dst = get_label_set(classes)
+    except KeyError as e:
+        raise DataError(f"--classes: {e.args[0]}") from None
+    missing = [n for n, c in zip(dst.names, dst.canonical) if c is None or c not in ls.canonical]
+    if missing:
+        raise DataError(f"--classes {classes}: {path} (label set {ls.name!r}) has no rows of "
+                        f"{missing}; a model cannot learn classes it never sees")
+    return dst.names, cross_map(ls, dst)
+
+
+def vote_targets(votes: list, ls: LabelSet, mapping: list[int | None], y: np.ndarray, k: int,
+                 path: Path) -> np.ndarray:
+    """FER+ vote lists (N x 10, FERPLUS_VOTE_COLUMNS order) -> (N, k) float32 probabilities.
+
+    Each vote counts for its class's output index (through `mapping`); votes for classes
+    without one (unknown, NF, or a class --classes dropped) are left out and the rest are
+    normalised. A row with no usable vote falls back to its one-hot label `y`."""
+    from features.labels import vote_columns_in
+
+    if any(v is None or len(v) != 10 for v in votes):
+        bad = next(i for i, v in enumerate(votes) if v is None or len(v) != 10)
+        raise DataError(f"{path}: row {bad} has no 10-vote ferplus_votes list; --targets votes "
+                        "needs votes on every row (re-ingest with --ferplus-parquet)")
+    m = np.zeros((10, k), dtype=np.float32)
+    for col, src in enumerate(vote_columns_in(ls)):
+        out = mapping[src] if src is not None else None
+        if out is not None:
+            m[col, out] = 1.0
+    v = np.asarray(votes, dtype=np.float32).reshape(-1, 10) if votes else np.zeros((0, 10), np.float32)
+    soft = v @ m
+    total = soft.sum(1, keepdims=True)
+    empty = total[:, 0] <= 0
+    soft = np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
+    soft[empty, y[empty]] = 1.0
+    return soft
 
 
 def _preset(ls: LabelSet, preset: str, path: Path) -> tuple[tuple[str, ...], list[int]]:
