@@ -237,6 +237,8 @@ class BatchPrep:
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
         out = {"x": x, "y": batch["y"].to(self.device), "index": batch["index"]}
+        if batch.get("soft") is not None:  # probability targets (--targets votes), training only
+            out["soft"] = batch["soft"].to(self.device)
         for k in ("text", "text_mask"):
             v = batch.get(k)
             out[k] = v.to(self.device) if v is not None else None
@@ -252,8 +254,8 @@ def compute_loss(loss_fn, outputs, target, model, teacher_logits=None):
 def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
     """The --teacher checkpoint, frozen, in eval mode with BatchNorm folded (it only infers).
 
-    It must predict the student's classes in the same order and read the same input tensor
-    (preprocessing), since it sees the very batch the student trains on."""
+    It must predict the student's classes in the same order. It sees the very batch the student
+    trains on; a teacher with other preprocessing gets it through `AdaptedTeacher`."""
     from train import checkpoint as ck
     from train.models.base import fold_batchnorm
 
@@ -261,15 +263,57 @@ def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
     if list(ck.class_names(side)) != list(class_names):
         raise TrainError(f"--teacher {cfg.teacher} predicts {ck.class_names(side)}, the student "
                          f"{list(class_names)}; distil from a checkpoint trained on the same classes")
-    theirs = side.get("preprocess")
-    ours = preprocess.to_dict() if preprocess is not None else None
-    if theirs != ours or side.get("input", {}).get("needs_text"):
-        raise TrainError(f"--teacher {cfg.teacher} reads input {theirs}, the student {ours}; "
-                         "the teacher sees the student's batch, so both must take the same images "
-                         "(use --model-opt input_size=/in_chans= to match, and an image-only teacher)")
+    if side.get("input", {}).get("needs_text") or side.get("input", {}).get("kind", "image") != "image":
+        raise TrainError(f"--teacher {cfg.teacher} is not an image-only model; distil from one that "
+                         "reads face images alone")
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return fold_batchnorm(teacher.eval()), side
+    teacher = fold_batchnorm(teacher.eval())
+    theirs = ck.preprocess_of(side)
+    if preprocess is None:
+        raise TrainError("--teacher: the student reads no images; distillation needs an image model")
+    if theirs != preprocess:
+        teacher = AdaptedTeacher(teacher, preprocess, theirs)
+    return teacher, side
+
+
+class AdaptedTeacher:
+    """A teacher that reads other input than the student (another size, channel count or
+    statistics, e.g. a 96 px RGB ImageNet backbone teaching a 48 px grey net): the student's
+    normalised batch (B,C,H,W) is turned back into [0,1] pixels, resized (bilinear, antialiased,
+    as `Preprocess` resizes), converted grey<->RGB and normalised with the teacher's statistics.
+    Same augmented faces, each network at its own resolution."""
+
+    def __init__(self, net, student, teacher):
+        self.net, self.student, self.teacher = net, student, teacher
+
+    def __call__(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        def stats(p, ref):
+            shape = (1, p.channels, 1, 1)
+            return (torch.tensor(p.mean, dtype=ref.dtype, device=ref.device).view(shape),
+                    torch.tensor(p.std, dtype=ref.dtype, device=ref.device).view(shape))
+
+        m, s = stats(self.student, x)
+        px = x * s + m
+        if tuple(px.shape[-2:]) != tuple(self.teacher.size):
+            px = F.interpolate(px, size=self.teacher.size, mode="bilinear", align_corners=False,
+                               antialias=True)
+        if self.teacher.channels == 3 and px.shape[1] == 1:
+            px = px.expand(-1, 3, -1, -1)
+        elif self.teacher.channels == 1 and px.shape[1] == 3:  # ITU-R 601 luma, as PIL's "L"
+            px = (px * torch.tensor([0.299, 0.587, 0.114], dtype=px.dtype,
+                                    device=px.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        m, s = stats(self.teacher, px)
+        return self.net((px - m) / s)
+
+    def to(self, *args, **kwargs):
+        self.net.to(*args, **kwargs)
+        return self
+
+
 
 
 def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: bool = False,
@@ -297,7 +341,8 @@ def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: 
                 if teacher is not None:
                     with torch.no_grad():
                         t_logits = teacher(b["x"]).float()
-            loss = compute_loss(loss_fn, outputs, b["y"], model, t_logits)
+            target = b["soft"] if b.get("soft") is not None else b["y"]
+            loss = compute_loss(loss_fn, outputs, target, model, t_logits)
             bad = not torch.isfinite(loss.detach()).item()
             if any_true(bad, info, prep.device if prep.device.startswith("cuda") else "cpu"):
                 raise NonFiniteLoss(f"loss became {loss.item() if bad else 'nan/inf on another rank'} "
@@ -438,7 +483,7 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
         if vls.names != ls.names:
             raise D.DataError(f"{val_path} uses label set {vls.name!r} {list(vls.names)}, the train "
                               f"manifest {ls.name!r} {list(ls.names)}; they must match")
-        class_names, _ = D._preset(ls, cfg.preset, Path(cfg.manifest))
+        class_names, _ = D.class_map(ls, cfg.preset, cfg.classes, Path(cfg.manifest))
         seed_everything(cfg.seed)
         opts = dict(cfg.model_options)
         if opts.get("num_classes") not in (None, len(class_names)):
@@ -455,9 +500,9 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
         emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
         t0 = time.perf_counter()
         load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
-                    image_features=cfg.image_features, workers=cfg.workers)
-        train_data = D.load_split(cfg.manifest, "train", **load)
-        val_data = D.load_split(val_path, "val", **load)
+                    image_features=cfg.image_features, workers=cfg.workers, classes=cfg.classes)
+        train_data = D.load_split(cfg.manifest, "train", targets=cfg.targets, **load)
+        val_data = D.load_split(val_path, "val", **load)  # scored on (majority) labels
         emit({"kind": "status", "text": f"{len(train_data)} train / {len(val_data)} val items "
                                         f"ready in {time.perf_counter() - t0:.1f}s"})
 
