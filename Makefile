@@ -220,3 +220,14 @@ demo-train: setup
 	else echo "fusion model skipped: no caption features at $(DEMO_TEXT) (make captions embed-text IN=manifests/demo_train.parquet, and the same for demo_val)"; fi
 bench-train: setup
 	$(PY) benchmarks/bench_train.py --threads $(TRAIN_THREADS) --steps 2 --json runs/bench/train.json
+
+# mutation score (not part of `make test` or `make bench`): mutmut changes one module at a time and
+# runs that module's own tests, on a copy of the tree in /tmp (never the checkout). CPU-heavy: it
+# runs niced, one module after another. MUT_MODULES="train/metrics.py ..." for some modules only;
+# MUT_REF=HEAD to mutate a commit's tree. Results: docs/results/mutation/README.md (+ JSON).
+.PHONY: bench-mutation
+MUT_MODULES ?=
+MUT_REF ?=
+bench-mutation: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[mutation]'
+	nice -n 10 $(PY) benchmarks/bench_mutation.py $(foreach m,$(MUT_MODULES),--module $(m)) $(if $(MUT_REF),--ref $(MUT_REF))
