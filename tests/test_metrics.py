@@ -196,3 +196,71 @@ def test_multiclass_ece_matches_sklearn_on_awkward_rows(awkward):
     # all wrong at full confidence: the gap is the whole confidence
     wrong = np.eye(3)[[1, 2, 0]]
     assert expected_calibration_error(wrong, np.array([0, 1, 2])) == pytest.approx(1.0)
+
+
+def test_reliability_bins_by_hand():
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 1.0 (right, lands in the last bin);
+    # 5 bins of width 0.2, right-closed: 0.6 -> bin 2, 0.9 and 1.0 -> bin 4
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [1.0, 0.0]])
+    targets = np.array([0, 0, 0, 0])
+    b = reliability_bins(probs, targets, n_bins=5)
+    assert b["edges"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert b["count"] == [0, 0, 1, 0, 3]
+    assert b["confidence"][:4] == [None, None, pytest.approx(0.6), None]
+    assert b["confidence"][4] == pytest.approx((0.9 + 0.9 + 1.0) / 3)
+    assert b["accuracy"][:4] == [None, None, 1.0, None]
+    assert b["accuracy"][4] == pytest.approx(2 / 3)
+    # the default is 15 bins, and the same rows give the ECE's bins
+    assert len(reliability_bins(probs, targets)["count"]) == 15 == len(reliability_bins(probs, targets)["edges"]) - 1
+    edge = reliability_bins(np.array([[0.2, 0.8]]), np.array([1]), n_bins=5)  # exactly on an edge: the lower bin
+    assert edge["count"] == [0, 0, 0, 1, 0]
+
+
+def test_ece_bins_are_right_closed_and_default_to_15():
+    # 0.6 sits exactly on an edge of 5 bins: right-closed puts it with 0.5, not with 0.7
+    probs = np.array([[0.6, 0.4], [0.5, 0.5], [0.7, 0.3]])
+    targets = np.array([0, 1, 0])
+    # bins: (0.4, 0.6] holds 0.6 (right) and 0.5 (wrong: argmax 0, target 1) -> gap |0.5 - 0.55|;
+    # (0.6, 0.8] holds 0.7 (right) -> gap 0.3
+    want = 2 / 3 * abs(0.5 - 0.55) + 1 / 3 * 0.3
+    assert expected_calibration_error(probs, targets, n_bins=5) == pytest.approx(want)
+    # calibrated on average, so per-bin gaps have both signs and the bin count matters
+    rng = np.random.default_rng(2)
+    p1 = rng.uniform(0.5, 1.0, 400)
+    p = np.stack([p1, 1 - p1], 1)
+    t = (rng.uniform(size=400) > p1).astype(int)
+    assert expected_calibration_error(p, t) == pytest.approx(_sklearn_top_label_ece(p, t, 15))
+    assert expected_calibration_error(p, t) != pytest.approx(_sklearn_top_label_ece(p, t, 10))
+    assert np.isnan(expected_calibration_error(np.zeros((0, 3)), np.zeros(0, int)))
+
+
+def test_group_average_keeps_ungrouped_rows_apart_and_handles_no_rows():
+    # two rows without a group and with different labels: never merged into one
+    logits = np.array([[1.0, 0.0], [0.0, 1.0], [4, 0]], dtype=np.int64)
+    out, t, keys = group_average(logits, np.array([0, 1, 0]), [None, None, "g"])
+    assert keys == [None, None, "g"] and t.tolist() == [0, 1, 0]
+    assert out.dtype == np.float64 and np.allclose(out, [[1, 0], [0, 1], [4, 0]])
+    # integer logits of one clip average to a fraction, not a truncated integer
+    out, _, _ = group_average(np.array([[1, 0], [2, 0]]), np.array([0, 0]), ["c", "c"])
+    assert out.tolist() == [[1.5, 0.0]]
+    out, t, keys = group_average(np.zeros((0, 3)), np.zeros(0, int), [])
+    assert out.shape == (0, 3) and t.shape == (0,) and t.dtype.kind == "i" and keys == []
+
+
+@awkward_case
+@pytest.mark.filterwarnings("error::sklearn.exceptions.UndefinedMetricWarning")
+def test_score_is_quiet_on_classes_never_predicted_and_as_dict_is_complete(awkward):
+    """A class never predicted has precision 0 by definition here (zero_division=0), without
+    scikit-learn's warning; as_dict carries every field."""
+    logits, targets, _ = awkward
+    s = score(logits, targets.tolist(), AWK_NAMES)  # a plain list of ints is accepted
+    assert s.per_class["b"]["precision"] == 0.0
+    d = s.as_dict()
+    assert d == {"n": s.n, "war": s.war, "uar": s.uar, "macro_f1": s.macro_f1, "ece": s.ece, "nll": s.nll,
+                 "per_class": s.per_class, "confusion": s.confusion}
+    assert isinstance(d["per_class"]["a"]["support"], int)
+
+
+def test_empty_rows_message_is_exact():
+    with pytest.raises(ValueError, match="^no rows to score$"):
+        score(np.zeros((0, 2)), np.zeros(0, int), ("a", "b"))
