@@ -185,3 +185,97 @@ def test_eval_of_a_calibrated_checkpoint_finds_the_source_training_log(setup):
     assert training_log_of(d / "logged_adj") == run / "log.jsonl"
     assert training_log_of(d / "logged_adj" / "best.safetensors") == run / "log.jsonl"
     assert training_log_of(d / "run") is None  # tiny_checkpoint without log=True
+
+
+def test_config_bounds_and_tau_grid():
+    from train.calibrate import CalibrateConfig
+    from train.evaluate import EvalError
+
+    assert CalibrateConfig().taus().tolist() == pytest.approx([round(0.05 * i, 2) for i in range(31)])
+    assert CalibrateConfig(tau_max=0.3, tau_step=0.1).taus().tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert CalibrateConfig(tau_max=0.0).taus().tolist() == [0.0]
+    assert CalibrateConfig(max_acc_drop=0.0).max_acc_drop == 0.0  # no drop allowed is a valid choice
+    d = CalibrateConfig()
+    assert (d.max_acc_drop, d.tau_max, d.tau_step, d.batch_size, d.device) == (0.5, 1.5, 0.05, 256, "cpu")
+    for kw, msg in (({"max_acc_drop": -0.1}, r"^--max-acc-drop must be >= 0 points, got -0.1$"),
+                    ({"tau_max": -1.0}, r"^--tau-max must be >= 0 and --tau-step > 0, got -1.0, 0.05$"),
+                    ({"tau_step": 0.0}, r"^--tau-max must be >= 0 and --tau-step > 0, got 1.5, 0.0$")):
+        with pytest.raises(EvalError, match=msg):
+            CalibrateConfig(**kw)
+
+
+def test_choose_tau_ties_and_the_exact_drop_boundary():
+    from train.calibrate import choose_tau
+
+    curve = [{"tau": 0.0, "acc": 0.60, "uar": 0.40}, {"tau": 0.5, "acc": 0.595, "uar": 0.45},
+             {"tau": 1.0, "acc": 0.59, "uar": 0.45}, {"tau": 1.5, "acc": 0.50, "uar": 0.60}]
+    assert choose_tau(curve, 0.0)["tau"] == 0.0
+    assert choose_tau(curve, 0.5)["tau"] == 0.5  # 0.595 is exactly 0.5 points below: admissible
+    assert choose_tau(curve, 1.0)["tau"] == 0.5  # equal UAR at 0.5 and 1.0: the smaller tau
+    assert choose_tau(curve, 0.49)["tau"] == 0.0
+    assert choose_tau(curve, 10.0)["tau"] == 1.5
+
+
+def test_class_prior_counts_train_rows_of_model_classes_only(tmp_path):
+    """Rows of other splits and classes the model lacks do not count; a class without training
+    rows is refused by name."""
+    from train.calibrate import class_prior
+    from train.evaluate import EvalError
+
+    m = _skewed_train(tmp_path / "t.parquet")
+    # the model knows classes 0..5 of the manifest as 0..5 and not class 6 (surprise, 15 rows)
+    prior = class_prior(m, (0, 1, 2, 3, 4, 5, None), 6)
+    assert prior == pytest.approx([c / 85 for c in SKEW[:6]])
+    # two manifest classes folded onto one model class
+    prior = class_prior(m, (0, 0, 1, 1, 2, 2, 2), 3)
+    assert prior == pytest.approx([42 / 100, 30 / 100, 28 / 100])
+    with pytest.raises(EvalError, match=r"no training rows for class\(es\) \[3\]; the prior needs every class$"):
+        class_prior(m, (0, 1, 2, None, None, None, None), 4)
+    with pytest.raises(EvalError, match="no split=train rows of the model's classes; pass the manifest"):
+        class_prior(m, (None,) * 7, 3)
+    val_only = manifest(tmp_path / "v.parquet", "fer2013", n=14, split="val")
+    with pytest.raises(EvalError, match="no split=train rows"):
+        class_prior(val_only, tuple(range(7)), 7)
+
+
+def test_report_records_what_was_chosen_where(setup):
+    from features.manifest import file_sha256
+    from train.calibrate import CalibrateConfig, calibrate
+
+    d, train, val, _ = setup
+    cfg = CalibrateConfig(max_acc_drop=2.0, tau_max=0.5, tau_step=0.25)
+    rep = calibrate(d / "run", val, d / "rec", cfg, train_manifest=train)
+    block = rep["logit_adjustment"]
+    assert rep["config"] == {"max_acc_drop": 2.0, "tau_max": 0.5, "tau_step": 0.25, "batch_size": 256, "device": "cpu"}
+    assert [r["tau"] for r in rep["curve"]] == [0.0, 0.25, 0.5]
+    assert block["chosen_on"] == {"manifest": str(val), "split": "val", "rows": 42, "sha256": file_sha256(val)}
+    assert block["source"] == {"path": str(d / "run" / "best.safetensors"), "sha256": file_sha256(d / "run" / "best.safetensors")}
+    assert block["val_before"] == {k: rep["curve"][0][k] for k in ("acc", "uar", "f1")}
+    assert block["val_after"] == {k: rep["chosen"][k] for k in ("acc", "uar", "f1")}
+    assert block["rule"] == "highest val UAR within 2.0 points of the unadjusted val accuracy"
+    assert block["method"].startswith("logit adjustment (Menon et al. 2021)")
+    assert rep["checkpoint"] == str(d / "run") and rep["out"] == str(d / "rec") and rep["seconds"] >= 0
+    assert rep["plot"] == str(d / "rec" / "calibrate.png")
+    side = json.loads((d / "rec" / "best.json").read_text())
+    assert side["metrics"] == {"val_acc": rep["chosen"]["acc"], "val_uar": rep["chosen"]["uar"],
+                               "val_f1": rep["chosen"]["f1"]}
+    assert side["labels"] == json.loads((d / "run" / "best.json").read_text())["labels"]
+
+
+def test_manifests_default_to_the_ones_the_checkpoint_records(setup):
+    from train.calibrate import CalibrateConfig, calibrate
+    from train.evaluate import EvalError
+
+    d, train, val, _ = setup
+    run = d / "recorded"
+    tiny_checkpoint(run, seed=3)
+    side = json.loads((run / "best.json").read_text())
+    side["manifests"] = {"train": {"path": str(train)}, "val": {"path": str(val)}}
+    (run / "best.json").write_text(json.dumps(side))
+    rep = calibrate(run, None, d / "recorded_adj", CalibrateConfig(tau_max=0.1))
+    assert rep["logit_adjustment"]["chosen_on"]["manifest"] == str(val)
+    side["manifests"]["train"]["path"] = str(d / "moved.parquet")
+    (run / "best.json").write_text(json.dumps(side))
+    with pytest.raises(EvalError, match=r"^--train-manifest .*moved.parquet does not exist; pass the manifest "
+                                        r"\(the checkpoint records .*moved.parquet as its train manifest\)$"):
+        calibrate(run, None, d / "recorded_adj2", CalibrateConfig(tau_max=0.1))
