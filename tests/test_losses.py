@@ -89,3 +89,89 @@ def test_class_weights_from_counts():
     assert eff[1] / eff[0] < 10 and eff[1] > eff[2] > eff[0]
     with pytest.raises(ValueError, match="scheme"):
         class_weights_from_counts([1, 2], scheme="sqrt")
+
+
+def test_distill_kl_by_hand(batch):
+    """T^2 * KL(teacher || student) at temperature T, mean over the batch (Hinton et al. 2015)."""
+    from train.losses import distill_kl
+
+    s, _ = batch
+    t = s.flip(0) * 0.7 + 1.0
+    for temp in (1.0, 4.0):
+        p = torch.softmax(s / temp, 1)
+        q = torch.softmax(t / temp, 1)
+        want = temp ** 2 * (q * (q.log() - p.log())).sum(1).mean()
+        torch.testing.assert_close(distill_kl(s, t, temp), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(distill_kl(s, t), distill_kl(s, t, 4.0))  # the default T is 4
+    assert distill_kl(s.bfloat16(), t.bfloat16()).dtype == torch.float32
+    assert distill_kl(s, s).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_focal_with_class_weights_is_a_weighted_mean_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+    y = torch.tensor([0, 1, 2])
+    w = torch.tensor([1.0, 3.0, 0.5])
+    ce = F.cross_entropy(logits, y, reduction="none")
+    per = (1 - torch.exp(-ce)) ** 2 * ce
+    want = (w[y] * per).sum() / w[y].sum()
+    torch.testing.assert_close(FocalLoss(class_weights=[1, 3, 0.5])(logits, y), want)
+    # label smoothing changes the CE term, not p_t
+    ce_s = F.cross_entropy(logits, y, reduction="none", label_smoothing=0.2)
+    torch.testing.assert_close(FocalLoss(label_smoothing=0.2)(logits, y), ((1 - torch.exp(-ce)) ** 2 * ce_s).mean())
+    # all-zero weights do not divide by zero
+    assert torch.isfinite(FocalLoss(class_weights=[0, 0, 0])(logits, y))
+    d = FocalLoss()
+    assert (d.gamma, d.alpha, d.label_smoothing, d.weight) == (2.0, 1.0, 0.0, None)
+    assert FocalLoss(gamma=0).gamma == 0  # zero is allowed, only negative is refused
+
+
+def test_class_weights_are_float32_and_checked():
+    from train.losses import CrossEntropy
+
+    ce = CrossEntropy(class_weights=[1, 2, 0])  # integers, and a zero weight, are accepted
+    assert ce.weight.dtype == torch.float32 and ce.weight.tolist() == [1.0, 2.0, 0.0]
+    assert CrossEntropy().weight is None and CrossEntropy().label_smoothing == 0.0
+    for bad, shown in (([1, -1], "[1.0, -1.0]"), ([[1, 2]], "[[1.0, 2.0]]")):
+        with pytest.raises(ValueError, match=r"^class_weights must be a 1-D list of non-negative numbers, got "
+                                             + shown.replace("[", r"\[").replace("]", r"\]") + "$"):
+            CrossEntropy(class_weights=bad)
+
+
+def test_class_weight_schemes_by_hand():
+    counts = [100, 10, 0, 50]
+    inv = [160 / 400, 160 / 40, 0, 160 / 200]  # n / (k * n_c) with n = 160, k = 4
+    mean = sum(inv) / 3
+    assert class_weights_from_counts(counts) == pytest.approx([v / mean for v in inv])
+    beta = 0.999
+    eff = [(1 - beta) / (1 - beta ** c) for c in (100, 10, 50)]
+    m = sum(eff) / 3
+    assert class_weights_from_counts([100, 10, 50], scheme="effective") == pytest.approx([v / m for v in eff])
+    b = 0.9
+    eff9 = [(1 - b) / (1 - b ** c) for c in (100, 10, 50)]
+    assert class_weights_from_counts([100, 10, 50], "effective", beta=b) == pytest.approx([v / (sum(eff9) / 3) for v in eff9])
+    assert class_weights_from_counts([0, 5, 5], "effective") == pytest.approx([0.0, 1.0, 1.0])
+    assert all(isinstance(v, float) for v in class_weights_from_counts([1, 2]))
+    with pytest.raises(ValueError, match=r"^unknown class-weight scheme 'sqrt'; use 'inverse' or 'effective'$"):
+        class_weights_from_counts([1, 2], scheme="sqrt")
+
+
+def test_loss_messages_and_defaults_exactly():
+    from train.losses import CrossEntropy
+
+    with pytest.raises(ValueError, match=r"^unknown loss 'dice'; known losses: ce, cmaen, focal$"):
+        build_loss("dice")
+    with pytest.raises(TypeError, match=r"^loss 'focal' has no option\(s\) \['gama'\]; its options are: "
+                                        r"alpha, class_weights, gamma, label_smoothing$"):
+        build_loss("focal", gama=1, gamma=None)
+    with pytest.raises(ValueError, match=r"^focal gamma must be >= 0, got -1$"):
+        FocalLoss(gamma=-1)
+    with pytest.raises(ValueError, match=r"^the cmaen loss needs the model's head outputs: call "
+                                         r"model\(x, with_aux=True\) and pass that dict$"):
+        CMAENLoss()({"logits": torch.zeros(1, 3), "emotion_logits": torch.zeros(1, 3)}, torch.tensor([0]))
+    c = CMAENLoss()
+    assert (c.main.label_smoothing, c.focal.alpha, c.focal.gamma, c.focal_weight, c.emotion_weight,
+            c.fusion_weight) == (0.1, 1.0, 2.0, 0.3, 0.2, 0.2)
+    assert c.aux.label_smoothing == 0.0 and c.focal.label_smoothing == 0.0
+    w = CMAENLoss(class_weights=[1, 2, 3])
+    assert all(m.weight.tolist() == [1.0, 2.0, 3.0] for m in (w.main, w.focal, w.aux))
+    assert isinstance(build_loss("ce"), CrossEntropy)
