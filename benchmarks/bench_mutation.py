@@ -57,7 +57,28 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
 
 # Mutants that cannot change any result, by name, with the reason (checked by reading the diff
 # that `mutmut show NAME` prints in the workdir).
-EQUIVALENT: dict[str, str] = {}
+_POSITIVE = "the top-label confidence of a probability row is in [1/C, 1], so ceil(conf * n) - 1 already lies in [0, n - 1]: this clip bound never acts"
+_TAG = "the tag only keeps rows without a group apart from group keys; any other string does the same"
+_INT_IDX = "comparing a float bin index with the integer bin number gives the same masks"
+EQUIVALENT: dict[str, str] = {
+    "train.metrics.x_expected_calibration_error__mutmut_12": 'float("NAN") is the same NaN as float("nan")',
+    "train.metrics.x_expected_calibration_error__mutmut_17": "astype(None) is float64, the same dtype",
+    "train.metrics.x_expected_calibration_error__mutmut_23": _POSITIVE,
+    "train.metrics.x_expected_calibration_error__mutmut_24": _POSITIVE,
+    "train.metrics.x_expected_calibration_error__mutmut_29": _INT_IDX,
+    "train.metrics.x_expected_calibration_error__mutmut_34": _POSITIVE,
+    "train.metrics.x_reliability_bins__mutmut_16": _POSITIVE,
+    "train.metrics.x_reliability_bins__mutmut_17": _POSITIVE,
+    "train.metrics.x_reliability_bins__mutmut_22": _INT_IDX,
+    "train.metrics.x_reliability_bins__mutmut_27": _POSITIVE,
+    "train.metrics.x_group_average__mutmut_13": _TAG,
+    "train.metrics.x_group_average__mutmut_14": _TAG,
+    "train.metrics.x_score__mutmut_33": "a 0/1 target vector as float64 gives scikit-learn the same AUCs as int",
+    "train.metrics.x_score__mutmut_107": "macro-F1 is over classes present in the targets, so each has a positive row "
+                                         "(2tp + fp + fn > 0): zero_division never applies to its F1",
+    "train.metrics.x_score__mutmut_121": "softmax probabilities are <= 1: the upper clip never acts",
+    "train.metrics.x_score__mutmut_126": "softmax probabilities are <= 1: the upper clip never acts",
+}
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
@@ -99,11 +120,35 @@ def configure(tree: Path, module: str, tests: list[str]) -> None:
     (tree / "pyproject.toml").write_text(text)
 
 
-def mutant_diff(tree: Path, name: str, env: dict) -> str:
-    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=tree, env=env,
-                         capture_output=True, text=True).stdout
-    lines = [ln for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-    return " | ".join(ln.strip()[:160] for ln in lines)
+# One process for every diff (a `mutmut show` per mutant costs a Python start-up each). This uses
+# mutmut's own diff function, the one `mutmut show` prints, of the pinned release.
+_DIFFS = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path = Path(sys.argv[1])
+out = {}
+for name in sys.argv[2:]:
+    try:
+        out[name] = get_diff_for_mutant(name, path=path)
+    except Exception as e:  # noqa: BLE001 - a diff that cannot be shown is reported, not fatal
+        out[name] = f"(no diff: {e})"
+print(json.dumps(out))
+"""
+
+
+def mutant_diffs(tree: Path, module: str, names: list[str], env: dict) -> dict[str, str]:
+    """name -> the changed lines of its diff, '-' then '+', joined by ' | '."""
+    if not names:
+        return {}
+    r = subprocess.run([sys.executable, "-c", _DIFFS, module, *names], cwd=tree, env=env,
+                       capture_output=True, text=True)
+    raw = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {n: r.stderr[-200:] for n in names}
+    out = {}
+    for name, diff in raw.items():
+        lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+        out[name] = " | ".join(ln.strip()[:160] for ln in lines) or diff.strip()[:200]
+    return out
 
 
 def run_module(module: str, workdir: Path, ref: str | None, max_children: int) -> dict:
@@ -130,9 +175,9 @@ def run_module(module: str, workdir: Path, ref: str | None, max_children: int) -
     for c in codes.values():
         counts[STATUS.get(c, "suspicious")] = counts.get(STATUS.get(c, "suspicious"), 0) + 1
     not_killed = sorted((k for k, c in codes.items() if c not in KILLED), key=_natural)
-    equivalent = [{"mutant": k, "reason": EQUIVALENT[k], "diff": mutant_diff(tree, k, env)}
-                  for k in not_killed if k in EQUIVALENT]
-    surviving = [{"mutant": k, "status": STATUS.get(codes[k], "suspicious"), "diff": mutant_diff(tree, k, env)}
+    diffs = mutant_diffs(tree, module, not_killed, env)
+    equivalent = [{"mutant": k, "reason": EQUIVALENT[k], "diff": diffs[k]} for k in not_killed if k in EQUIVALENT]
+    surviving = [{"mutant": k, "status": STATUS.get(codes[k], "suspicious"), "diff": diffs[k]}
                  for k in not_killed if k not in EQUIVALENT]
     killed = sum(1 for c in codes.values() if c in KILLED)
     scored = len(codes) - len(equivalent)

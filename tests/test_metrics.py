@@ -264,3 +264,45 @@ def test_score_is_quiet_on_classes_never_predicted_and_as_dict_is_complete(awkwa
 def test_empty_rows_message_is_exact():
     with pytest.raises(ValueError, match="^no rows to score$"):
         score(np.zeros((0, 2)), np.zeros(0, int), ("a", "b"))
+
+
+def test_float32_inputs_are_computed_in_float64():
+    x = np.array([[0.1, 0.2, 0.7]], dtype=np.float32)
+    assert softmax(x).dtype == np.float64
+    out, _, _ = group_average(x, np.array([2]), ["c"])
+    assert out.dtype == np.float64
+
+
+def test_ece_low_confidence_bins_and_one_row():
+    # five classes: a uniform row has confidence 0.2, the top of bin 0 of 5; a 0.3 row is bin 1.
+    # Bin 0: right, conf 0.2 -> gap 0.8; bin 1: wrong, conf 0.3 -> gap 0.3
+    probs = np.array([[0.2] * 5, [0.3, 0.175, 0.175, 0.175, 0.175]])
+    ece = expected_calibration_error(probs, np.array([0, 1]), n_bins=5)
+    assert ece == pytest.approx(0.5 * 0.8 + 0.5 * 0.3)
+    assert reliability_bins(probs, np.array([0, 1]), n_bins=5)["count"] == [1, 1, 0, 0, 0]
+    assert expected_calibration_error(np.array([[0.75, 0.25]]), np.array([1])) == pytest.approx(0.75)
+
+
+def test_ece_is_the_weighted_gap_over_the_reliability_bins():
+    rng = np.random.default_rng(5)
+    lg = rng.normal(size=(500, 6)) * rng.uniform(0.2, 4, (500, 1))
+    p = softmax(lg)
+    p[:5] = np.eye(6)[:5]  # confidence exactly 1.0: the last bin
+    t = rng.integers(0, 6, 500)
+    t[:3] = np.arange(3)
+    for n_bins in (5, 15):
+        b = reliability_bins(p, t, n_bins)
+        want = sum(c / 500 * abs(a - f) for c, a, f in zip(b["count"], b["accuracy"], b["confidence"]) if c)
+        assert expected_calibration_error(p, t, n_bins) == pytest.approx(want)
+        assert sum(b["count"]) == 500 and b["count"][-1] >= 5
+
+
+def test_nll_clips_zero_probabilities_at_1e_12():
+    # the true class gets exactly 0 after softmax: the loss is -log(1e-12), not inf or eps-clipped
+    s = score(np.array([[1000.0, 0.0], [0.0, 1000.0]]), np.array([1, 1]), ("a", "b"))
+    assert s.nll == pytest.approx(-np.log(1e-12) / 2)
+
+
+def test_confusion_has_a_row_and_column_for_every_model_class():
+    s = score(np.array([[2.0, 0, 0], [0, 2.0, 0], [2.0, 0, 0]]), np.array([0, 1, 0]), ("a", "b", "c"))
+    assert s.confusion == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
