@@ -299,6 +299,6 @@ def label_timeline(times_s, probs: np.ndarray, class_names, labels, path: str | 
     strip.imshow(colours[None], aspect="auto",
                  extent=(times_s.min(), times_s.max() if len(times_s) > 1 else times_s.min() + 1, 0, 1))
     strip.set_yticks([])
-    strip.set_xlabel("time (s)")
+    strip.set_xlabel("time (s); label strip, white where no face was found")
     fig.tight_layout()
     return _save(fig, path) if path is not None else _to_rgb_array(fig)

@@ -152,10 +152,16 @@ class Analyser:
         if not path:
             return None, {}, "Drop a short video (MP4, AVI, MOV) above."
         name = Path(str(path)).name
+        sources: dict[int, str] = {}  # frame -> where its largest "face" came from
+
+        def note_source(frame: int, faces, _preds) -> tuple[str, ...]:
+            sources[frame] = getattr(faces[0], "source", "detector")
+            return ()
+
         try:
             with self.lock:
                 frames = predict_stream(self.predictor, str(path), window=self.window, k=self.k,
-                                        max_frames=MAX_VIDEO_FRAMES)
+                                        max_frames=MAX_VIDEO_FRAMES, on_faces=note_source)
         except PredictError as e:
             return None, {}, f"- **{name}**: {_one_line(e, path, name)}; upload a video file with at least one frame"
         except Exception as e:
@@ -165,15 +171,20 @@ class Analyser:
         times = np.array([fr.time_s for fr in frames], dtype=float)
         probs = np.full((len(frames), len(names)), np.nan)
         labels = np.full(len(frames), -1)
+        whole = 0
         for t, fr in enumerate(frames):
-            if fr.faces and fr.faces[0].logits:
-                probs[t] = softmax(np.asarray(fr.faces[0].logits, dtype=np.float64)[None])[0]
-                labels[t] = names.index(fr.faces[0].label)
+            if not fr.faces or not fr.faces[0].logits:
+                continue
+            if "whole_image" in (sources.get(t), getattr(fr.faces[0], "face_source", None)):
+                whole += 1  # no face in this frame: its centre was classified; the plot leaves a gap
+                continue
+            probs[t] = softmax(np.asarray(fr.faces[0].logits, dtype=np.float64)[None])[0]
+            labels[t] = names.index(fr.faces[0].label)
         plot = label_timeline(times, probs, names, labels)
         seen = labels[labels >= 0]
         counts = {names[k]: int((seen == k).sum()) for k in np.unique(seen)}
         summary = {"video": name, "frames": len(frames), "frames_with_face": int(len(seen)),
-                   "window": self.window, "labels": counts,
+                   "frames_without_face": len(frames) - int(len(seen)), "window": self.window, "labels": counts,
                    "timeline": [{"t": round(float(t), 3), "label": names[k] if k >= 0 else None}
                                 for t, k in zip(times, labels)]}
         more = " (the first ones: a longer video is cut)" if len(frames) == MAX_VIDEO_FRAMES else ""
