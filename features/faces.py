@@ -151,6 +151,9 @@ def load_mtcnn(device: str = "cpu"):
 # Zhang et al.'s stage thresholds and pyramid factor, as facenet-pytorch's MTCNN defaults them
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)
 MTCNN_FACTOR = 0.709
+# MTCNN's cost grows with the pixels it scans: larger photos are searched at this longer side
+# (boxes and landmarks are scaled back to source pixels), which bounds the time per photo
+MTCNN_MAX_SIDE = 640
 
 
 def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float | None, device: str) -> list[list[Face]]:
@@ -158,22 +161,35 @@ def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float | None
     import torch
     from facenet_pytorch.models.utils.detect_face import detect_face
 
+    import cv2
+
     pnet, rnet, onet = load_mtcnn(device)
-    rgb = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in imgs]
+    rgb, scales = [], []
+    for im in imgs:
+        im = np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im
+        scale = min(1.0, MTCNN_MAX_SIDE / max(im.shape[:2]))
+        if scale < 1.0:
+            im = cv2.resize(im, (max(1, round(im.shape[1] * scale)), max(1, round(im.shape[0] * scale))),
+                            interpolation=cv2.INTER_AREA)
+        rgb.append(im)
+        scales.append(scale)
     out: list[list[Face]] = [[] for _ in imgs]
     groups: dict[tuple, list[int]] = {}
     for i, im in enumerate(rgb):
-        groups.setdefault(im.shape, []).append(i)
+        groups.setdefault((im.shape, scales[i]), []).append(i)
     thresholds = list(MTCNN_THRESHOLDS[:2]) + [MTCNN_THRESHOLDS[2] if threshold is None else threshold]
-    for shape, idx in groups.items():
-        if min(shape[:2]) < 12:  # below P-net's 12-pixel window there is nothing to search
+    for (shape, scale), idx in groups.items():
+        search = max(12.0, min_size * scale)  # P-net's window is 12 px
+        if min(shape[:2]) < search:  # no face of the asked size fits (and detect_face would fail)
             continue
         with torch.inference_mode():
-            boxes, points = detect_face(np.stack([rgb[i] for i in idx]), min_size, pnet, rnet, onet,
+            boxes, points = detect_face(np.stack([rgb[i] for i in idx]), search, pnet, rnet, onet,
                                         thresholds, MTCNN_FACTOR, torch.device(device))
-        h_img, w_img = shape[:2]
+        h_img, w_img = imgs[idx[0]].shape[:2]
         for i, bx, pt in zip(idx, boxes, points):
-            for b, p in zip(np.asarray(bx, np.float64).reshape(-1, 5), np.asarray(pt, np.float32).reshape(-1, 5, 2)):
+            bx = np.asarray(bx, np.float64).reshape(-1, 5) * np.array([1 / scale] * 4 + [1.0])
+            pt = np.asarray(pt, np.float32).reshape(-1, 5, 2) / scale
+            for b, p in zip(bx, pt):
                 x1, y1 = max(0.0, b[0]), max(0.0, b[1])
                 x2, y2 = min(float(w_img), b[2]), min(float(h_img), b[3])
                 w, h = int(round(x2 - x1)), int(round(y2 - y1))
@@ -362,7 +378,7 @@ def crop_face(img: np.ndarray, face: Face, pad: float = 0.25, size: int | None =
     """
     import cv2
 
-    if pad < 0:
-        raise FaceError(f"pad must be >= 0, got {pad}")
+    if pad <= -0.5:  # 1 + 2 * pad is the crop's side over the face's: it must stay positive
+        raise FaceError(f"pad must be > -0.5 (negative zooms in), got {pad}")
     m, out = crop_matrix(face, pad, size, align, template)
     return cv2.warpAffine(img, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -198,3 +198,20 @@ def test_landmark_crop_puts_the_landmarks_on_the_fer_template():
     m_off, _ = crop_matrix(face, pad=0.0, size=48, template=None)
     assert np.allclose(cv2.transform(np.array([[[57.5, 67.5]]], np.float32), m_box)[0, 0], (24, 24), atol=0.01)
     assert not np.allclose(m_off, crop_matrix(face, pad=0.0, size=48)[0])
+
+
+def test_mtcnn_searches_large_photos_downscaled_and_reports_source_pixels(monkeypatch):
+    import cv2
+
+    import features.faces as ff
+
+    _need_mtcnn()
+    img = astronaut()
+    (small,) = detect_faces(img, backend="mtcnn")
+    big = cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    monkeypatch.setattr(ff, "MTCNN_MAX_SIDE", 512)  # the 1024 px photo is searched at 512 px
+    (face,) = detect_faces(big, backend="mtcnn")
+    assert np.abs(np.array(face.box) - 2 * np.array(small.box)).max() <= 4
+    assert np.abs(face.landmarks - 2 * small.landmarks).max() <= 4
+    # a photo smaller than the smallest face asked for has none (and does not crash the cascade)
+    assert detect_faces(img[:30, :30], backend="mtcnn", min_size=40) == []

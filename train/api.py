@@ -24,7 +24,7 @@ DETECTORS = ("auto", "mtcnn", "haar", "retinaface", "none")
 # "auto": MTCNN when facenet-pytorch is installed (docs/predict.md has the wild_dev figures that
 # chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
 # each side) tuned so a crop frames the face as FER2013 does (docs/predict.md, bench-photos):
-PADS = {"mtcnn": 0.1, "haar": 0.05, "retinaface": 0.1}
+PADS = {"mtcnn": 0.0, "haar": 0.1, "retinaface": 0.0}
 FACE_SOURCES = ("detector", "whole_image")
 
 
