@@ -37,11 +37,11 @@ class CaptionText:
             try:
                 meta = features_meta(path) if path else {}
             except FeatureFileError as e:
-                raise PredictError(f"this model fuses caption features; its training feature file "
+                raise PredictError(f"this model fuses caption text features; its training feature file "
                                    f"cannot tell which text encoder made them ({e}); pass "
                                    "--text-encoder distilbert|minilm") from None
             if not meta.get("encoder"):
-                raise PredictError("this model fuses caption features and its sidecar names no "
+                raise PredictError("this model fuses caption text features and its sidecar names no "
                                    "feature file; pass --text-encoder distilbert|minilm (the encoder "
                                    "`pipeline embed` used for its training features)")
         name = text_encoder or meta["encoder"]
@@ -50,7 +50,7 @@ class CaptionText:
         try:
             self.encoder = load_text_encoder(EncoderSpec(name, weights, device, int(meta.get("max_length", 64))))
         except (WeightsNotFound, KeyError) as e:
-            raise PredictError(f"text encoder {name}: {e}") from None
+            raise PredictError(f"this model fuses caption text features; text encoder {name}: {e}") from None
         self.caption = caption
         self.device = device
         self._blip = None
@@ -62,7 +62,7 @@ class CaptionText:
             try:
                 self._blip_path = resolve(caption_model, "BLIP caption model")
             except WeightsNotFound as e:
-                raise PredictError(f"this model reads a caption with each face: pass --caption TEXT, or "
+                raise PredictError(f"this model fuses caption text features: pass --caption TEXT, or "
                                    f"put BLIP's weights where they can be found ({e})") from None
             self.source = f"each face captioned by BLIP ({caption_model})"
         self.source += f"; embedded with {name}"
