@@ -279,3 +279,27 @@ def test_manifests_default_to_the_ones_the_checkpoint_records(setup):
     with pytest.raises(EvalError, match=r"^--train-manifest .*moved.parquet does not exist; pass the manifest "
                                         r"\(the checkpoint records .*moved.parquet as its train manifest\)$"):
         calibrate(run, None, d / "recorded_adj2", CalibrateConfig(tau_max=0.1))
+
+
+def test_models_that_do_not_take_images_are_refused(setup, tmp_path):
+    from test_eval import _save_any
+
+    from train.calibrate import CalibrateConfig, calibrate
+    from train.evaluate import EvalError
+
+    _, train, val, _ = setup
+    _save_any(tmp_path / "feat", "clip-adapter", 3, mode="feature", feature_dim=16, hidden_dim=32)
+    with pytest.raises(EvalError, match=r"feat: calibrate takes image models; clip-adapter needs clips, "
+                                        r"features or captions$"):
+        calibrate(tmp_path / "feat", val, tmp_path / "out", CalibrateConfig(), train_manifest=train)
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_counts_every_validation_row(setup):
+    from train.calibrate import CalibrateConfig, calibrate
+
+    d, train, val, _ = setup
+    seen = []
+    calibrate(d / "run", val, d / "prog", CalibrateConfig(tau_max=0.0, batch_size=16), train_manifest=train,
+              progress=seen.append)
+    assert seen == [16, 16, 10]  # 42 validation rows in batches of 16
