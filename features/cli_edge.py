@@ -66,12 +66,12 @@ class EdgeGroup(TyperGroup):
 
 
 def _prog(ctx) -> str:
-    """The app's name ('pipeline' / 'train'), also under a test runner that calls it 'root'."""
-    name = ctx.info_name or ""
-    if name in ("", "root", "main", "cli.py", "__main__.py"):
-        mod = (getattr(ctx.command, "callback", None) or is_user_error).__module__
-        for cmd in (ctx.command.commands or {}).values():
-            mod = getattr(cmd.callback, "__module__", "") or mod
-            break
-        name = mod.split(".")[0] if mod.split(".")[0] in ("pipeline", "train") else "affectlab"
-    return name
+    """The app's name ('pipeline' / 'train'), also when a test runner or `python -m` names it
+    otherwise: taken from the package of its sub-commands."""
+    if ctx.info_name in _OURS[1:]:
+        return ctx.info_name
+    for cmd in (getattr(ctx.command, "commands", None) or {}).values():
+        root = getattr(cmd.callback, "__module__", "").split(".")[0]
+        if root in _OURS[1:]:
+            return root
+    return ctx.info_name or "affectlab"

@@ -553,6 +553,9 @@ def test_split_files_share_a_stamp_and_readers_check_it(base, tmp_path):
                  "--out", tmp_path / "o"])
     assert_one_line(r, [str(mixed / "m_train.parquet"), "pipeline ingest"])
     assert not (tmp_path / "o" / "best.safetensors").exists()
+    r = run_cli(["pipeline", "stats", mixed / "m_train.parquet", mixed / "m_val.parquet"])
+    assert_one_line(r, ["different `pipeline ingest` runs"])
+    assert run_cli(["pipeline", "stats", a["train"], a["val"], a["test"]]).exit_code == 0
 
 
 KILL_AFTER_FIRST_RENAME = """

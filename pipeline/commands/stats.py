@@ -16,12 +16,13 @@ def collect(paths: list[Path], preset: str = "7", by: tuple[str, ...] = ("split"
     """The whole report as plain data (what --json prints)."""
     from features.labels import get_preset
     from features.query import class_counts, duplicate_summary, query
-    from features.manifest import open_manifest
+    from features.manifest import check_same_set, open_manifest
 
     bad = [b for b in by if b not in BY_COLUMNS]
     if bad or not by:
         raise ValueError(f"--by {','.join(bad) or '(empty)'}: choose from {', '.join(BY_COLUMNS)}")
     sets = {p: open_manifest(p)[1] for p in paths}
+    check_same_set(paths)  # train/val/test of one ingest: all from the same run
     first = next(iter(sets.values()))
     other = [f"{p} ({ls.name})" for p, ls in sets.items() if ls.names != first.names]
     if other:
