@@ -74,6 +74,8 @@ EQUIVALENT: dict[str, str] = {
     "train.metrics.x_group_average__mutmut_13": _TAG,
     "train.metrics.x_group_average__mutmut_14": _TAG,
     "train.metrics.x_score__mutmut_33": "a 0/1 target vector as float64 gives scikit-learn the same AUCs as int",
+    "train.metrics.x_score__mutmut_104": "as _107: no scored class can hit F1's zero division, so the default "
+                                         "('warn') neither warns nor changes a value",
     "train.metrics.x_score__mutmut_107": "macro-F1 is over classes present in the targets, so each has a positive row "
                                          "(2tp + fp + fn > 0): zero_division never applies to its F1",
     "train.metrics.x_score__mutmut_121": "softmax probabilities are <= 1: the upper clip never acts",
@@ -190,6 +192,18 @@ def run_module(module: str, workdir: Path, ref: str | None, max_children: int) -
     }
 
 
+def reclassify(r: dict) -> dict:
+    """Apply the current EQUIVALENT list to a stored result (no re-run needed to name one)."""
+    keep, moved = [], list(r["equivalent_mutants"])
+    for s in r["surviving"]:
+        (moved if s["mutant"] in EQUIVALENT else keep).append(s)
+    equivalent = [{"mutant": e["mutant"], "reason": EQUIVALENT.get(e["mutant"], e.get("reason", "")), "diff": e["diff"]}
+                  for e in moved]
+    scored = r["mutants"] - len(equivalent)
+    return {**r, "surviving": keep, "equivalent_mutants": equivalent, "equivalent": len(equivalent),
+            "not_killed": len(keep), "score": round(100 * r["killed"] / scored, 1) if scored else None}
+
+
 def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
@@ -242,6 +256,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/affectlab-mutation"),
                     help="where the copy is mutated (never the checkout)")
     ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-apply the equivalent-mutant list to the stored JSON and rewrite the table; runs nothing")
     ap.add_argument("--json", type=Path, default=ROOT / "docs/results/mutation/mutation.json")
     ap.add_argument("--md", type=Path, default=ROOT / "docs/results/mutation/README.md")
     args = ap.parse_args(argv)
@@ -259,6 +275,11 @@ def main(argv=None) -> int:
     results = json.loads(args.json.read_text()) if args.json.is_file() else {"modules": {}}
     results.update({"tool": "mutmut", "mutmut": tool, "machine": machine(),
                     "command": "make bench-mutation"})
+    results["modules"] = {m: reclassify(r) for m, r in results["modules"].items()}
+    if args.render_only:
+        args.md.write_text(render(results))
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     for module in args.module or list(MODULES):
         print(f"mutating {module} ...", flush=True)
         r = run_module(module, args.workdir, args.ref, args.max_children)
