@@ -237,6 +237,8 @@ def render(results: dict) -> str:
     missing = [m for m in MODULES if m not in results["modules"]]
     if missing:
         out += ["", "Not measured yet: " + ", ".join(missing) + "."]
+    for note in results.get("notes", []):
+        out += ["", note]
     for r in rows:
         out += ["", f"## {r['module']}: not killed ({r['not_killed']})", ""]
         if not r["surviving"]:
