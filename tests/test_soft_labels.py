@@ -123,3 +123,25 @@ def test_votes_are_refused_without_a_votes_column(tmp_path):
     r = CliRunner().invoke(app, ["run", "--manifest", str(tr), "--model", "vgg", "--targets", "votes",
                                  "--loss", "focal", "--out", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "--loss focal takes hard labels" in r.output
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_model(votes_pair, tmp_path):
+    """--init: fine-tuning starts from the checkpoint's weights (a 0-step run keeps them) and a
+    checkpoint of another shape is refused in one line."""
+    from train.checkpoint import load_checkpoint
+    from train.loop import TrainError, fit
+
+    base = tmp_path / "base"
+    fit(train_config(votes_pair, base, epochs=1, classes="fer2013"))
+    tuned = tmp_path / "tuned"
+    fit(train_config(votes_pair, tuned, epochs=1, classes="fer2013", targets="votes", init=str(base),
+                     lr=1e-12, augment="none"))
+    a, _ = load_checkpoint(base)
+    b, side = load_checkpoint(tuned)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        if va.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(va, vb, atol=1e-6, rtol=0)  # lr 1e-12: nothing moved
+    assert side["init"]["path"] == str(base) and len(side["init"]["sha256"]) == 64
+    with pytest.raises(TrainError, match="--init .* Pass the same --model"):
+        fit(train_config(votes_pair, tmp_path / "bad", classes="fer2013", init=str(base),
+                         model_options={"stages": [8, 8], "fc_dim": 16, "convs_per_stage": 1}))

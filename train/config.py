@@ -95,6 +95,9 @@ class TrainConfig:
     # knowledge distillation (Hinton et al. 2015): a trained checkpoint whose softened outputs
     # the student also learns from; loss = (1 - alpha) * hard loss + alpha * T^2 * KL
     teacher: str | None = None
+    # start from this trained checkpoint's weights (same model and config): fine-tuning, e.g. on
+    # cleaner labels; recorded in the sidecar with its sha256
+    init: str | None = None
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0
 

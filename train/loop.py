@@ -277,6 +277,23 @@ def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
     return teacher, side
 
 
+def init_from(model, path) -> None:
+    """Copy a trained checkpoint's weights into `model` (fine-tuning). The checkpoint must be the
+    same registered model with the same config (its ImageNet `pretrained` start aside)."""
+    import dataclasses
+
+    from train import checkpoint as ck
+
+    src, side = ck.load_checkpoint(path)
+    strip = {f.name: None for f in dataclasses.fields(model.config) if f.name.endswith("pretrained")}
+    if (src.model_name != model.model_name
+            or dataclasses.replace(src.config, **strip) != dataclasses.replace(model.config, **strip)):
+        raise TrainError(f"--init {path} is a {src.model_name} with {dataclasses.asdict(src.config)}; "
+                         f"the run builds {model.model_name} with {dataclasses.asdict(model.config)}. "
+                         "Pass the same --model and --model-opt values the checkpoint was trained with")
+    model.load_state_dict(src.state_dict())
+
+
 class AdaptedTeacher:
     """A teacher that reads other input than the student (another size, channel count or
     statistics, e.g. a 96 px RGB ImageNet backbone teaching a 48 px grey net): the student's
@@ -494,6 +511,8 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
         if cfg.frames is not None:
             opts["frames"] = cfg.frames
         model = build_model(cfg.model, **opts)
+        if cfg.init is not None:
+            init_from(model, cfg.init)
         spec = D.input_spec_for(model)
         if cfg.eval_resize and spec.preprocess is not None:  # recipe: Resize(n) + CenterCrop
             spec = replace(spec, preprocess=replace(spec.preprocess, resize_short=cfg.eval_resize))
@@ -565,6 +584,9 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
             sidecar["teacher"] = {"path": str(cfg.teacher), "model": teacher_side.get("model"),
                                   "metrics": teacher_side.get("metrics"),
                                   "sha256": file_sha256(ck.checkpoint_paths(cfg.teacher)[0])}
+        if cfg.init is not None:
+            sidecar["init"] = {"path": str(cfg.init),
+                               "sha256": file_sha256(ck.checkpoint_paths(cfg.init)[0])}
         sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
         if getattr(model, "pretrained_file", None):  # which ImageNet file the run started from
             sidecar["model"]["pretrained_file"] = model.pretrained_file
