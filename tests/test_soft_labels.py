@@ -145,3 +145,20 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_model(votes_pair, tmp
     with pytest.raises(TrainError, match="--init .* Pass the same --model"):
         fit(train_config(votes_pair, tmp_path / "bad", classes="fer2013", init=str(base),
                          model_options={"stages": [8, 8], "fc_dim": 16, "convs_per_stage": 1}))
+
+
+def test_vote_weight_mixes_votes_with_the_manifests_own_label():
+    """w * votes + (1 - w) * one-hot(label); a row without votes is its one-hot label."""
+    fer = get_label_set("fer2013")
+    names, mapping = class_map(fer, "7", None, Path("m"))
+    votes = [[6, 2, 0, 0, 0, 0, 0, 0, 0, 0], None]  # 6 neutral, 2 happiness; second row: none
+    y = np.array([names.index("sad"), names.index("fear")])  # FER2013's own labels
+    soft = vote_targets(votes, fer, mapping, y, 7, Path("m"), vote_weight=0.4)
+    want = np.zeros((2, 7), np.float32)
+    want[0, names.index("neutral")] = 0.4 * 0.75
+    want[0, names.index("happy")] = 0.4 * 0.25
+    want[0, names.index("sad")] = 0.6
+    want[1, names.index("fear")] = 1.0
+    np.testing.assert_allclose(soft, want, rtol=1e-6)
+    with pytest.raises(DataError, match="no row has FER\\+ votes"):
+        vote_targets([None, None], fer, mapping, y, 7, Path("m"))

@@ -46,6 +46,7 @@ class TrainConfig:
     # labels: the manifest's (majority) label; votes: FER+ vote distributions as probability
     # targets (Barsoum et al. 2016's probability-distribution scheme), needs ferplus_votes
     targets: str = "labels"
+    vote_weight: float = 1.0  # --targets votes: w * votes + (1 - w) * one-hot(manifest label)
     text_features: str | None = None
     image_features: str | None = None
     # model options forwarded to the registry's model_config (None values keep its defaults)
@@ -116,6 +117,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup < 0 or (self.warmup and self.warmup >= self.epochs):
             raise ConfigError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs})")
+        if not 0 <= self.vote_weight <= 1:
+            raise ConfigError(f"--vote-weight must be in [0, 1], got {self.vote_weight}")
         if self.targets == "votes" and self.loss != "ce":
             raise ConfigError(f"--targets votes trains against probability targets with "
                               f"cross-entropy; --loss {self.loss} takes hard labels only (use --loss ce)")

@@ -93,7 +93,7 @@ def sibling_val(train_manifest: str | Path) -> Path | None:
 def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
                text_features: str | None = None, image_features: str | None = None,
                workers: int = 2, memory_budget: int | None = None, classes: str | None = None,
-               targets: str = "labels") -> SplitData:
+               targets: str = "labels", vote_weight: float = 1.0) -> SplitData:
     """Read the rows of `path` whose split is `role` ('train' or 'val') into memory.
 
     `classes` (a label set name) maps the manifest's classes onto that set by canonical name;
@@ -149,7 +149,7 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
         if spec.kind == "clip":
             raise DataError(f"{path}: --targets votes is for image models (FER+ has no clips)")
         data.soft = torch.from_numpy(vote_targets(table.column("ferplus_votes").to_pylist(), ls,
-                                                  mapping, y, len(names), path))
+                                                  mapping, y, len(names), path, vote_weight))
     if spec.kind == "clip":
         groups, y, ids = _group_clips(table, y, spec.frames, path)
         data.sample_ids = ids
@@ -216,18 +216,21 @@ def class_map(ls: LabelSet, preset: str, classes: str | None,
 
 
 def vote_targets(votes: list, ls: LabelSet, mapping: list[int | None], y: np.ndarray, k: int,
-                 path: Path) -> np.ndarray:
+                 path: Path, vote_weight: float = 1.0) -> np.ndarray:
     """FER+ vote lists (N x 10, FERPLUS_VOTE_COLUMNS order) -> (N, k) float32 probabilities.
 
     Each vote counts for its class's output index (through `mapping`); votes for classes
     without one (unknown, NF, or a class --classes dropped) are left out and the rest are
-    normalised. A row with no usable vote falls back to its one-hot label `y`."""
+    normalised. A row with no usable vote (or no vote list) falls back to its one-hot label `y`.
+    `vote_weight` < 1 mixes: w * votes + (1 - w) * one-hot(y), e.g. FER+ votes beside FER2013's
+    own label on the same face."""
     from features.labels import vote_columns_in
 
-    if any(v is None or len(v) != 10 for v in votes):
-        bad = next(i for i, v in enumerate(votes) if v is None or len(v) != 10)
-        raise DataError(f"{path}: row {bad} has no 10-vote ferplus_votes list; --targets votes "
-                        "needs votes on every row (re-ingest with --ferplus-parquet)")
+    bad = [i for i, v in enumerate(votes) if v is not None and len(v) != 10]
+    if bad or (votes and all(v is None for v in votes)):
+        raise DataError(f"{path}: {'row ' + str(bad[0]) + ' has a ferplus_votes list that is not 10 long' if bad else 'no row has FER+ votes'}; "
+                        "--targets votes needs them (re-ingest with --ferplus-parquet)")
+    votes = [v if v is not None else [0] * 10 for v in votes]  # no votes: the one-hot label below
     m = np.zeros((10, k), dtype=np.float32)
     for col, src in enumerate(vote_columns_in(ls)):
         out = mapping[src] if src is not None else None
@@ -239,6 +242,9 @@ def vote_targets(votes: list, ls: LabelSet, mapping: list[int | None], y: np.nda
     empty = total[:, 0] <= 0
     soft = np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
     soft[empty, y[empty]] = 1.0
+    if vote_weight < 1.0:  # a mix with the manifest's own (one-hot) label
+        soft *= vote_weight
+        soft[np.arange(len(y)), y] += 1.0 - vote_weight
     return soft
 
 

@@ -520,7 +520,8 @@ def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
         t0 = time.perf_counter()
         load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
                     image_features=cfg.image_features, workers=cfg.workers, classes=cfg.classes)
-        train_data = D.load_split(cfg.manifest, "train", targets=cfg.targets, **load)
+        train_data = D.load_split(cfg.manifest, "train", targets=cfg.targets,
+                                  vote_weight=cfg.vote_weight, **load)
         val_data = D.load_split(val_path, "val", **load)  # scored on (majority) labels
         emit({"kind": "status", "text": f"{len(train_data)} train / {len(val_data)} val items "
                                         f"ready in {time.perf_counter() - t0:.1f}s"})

@@ -35,6 +35,7 @@ def command(
     preset: Annotated[Optional[str], _O(help="Label preset 7|5|4|2.")] = None,
     classes: Annotated[Optional[str], _O(help="Train on this label set's classes (e.g. fer2013 on a FER+ manifest: contempt rows dropped).")] = None,
     targets: Annotated[Optional[str], _O(help="labels | votes (FER+ vote distributions as probability targets).")] = None,
+    vote_weight: Annotated[Optional[float], _O(help="With --targets votes: w*votes + (1-w)*one-hot label.")] = None,
     text_features: Annotated[Optional[Path], _O(help="Caption feature file (sample_id, vector[, tokens]).")] = None,
     image_features: Annotated[Optional[Path], _O(help="Image feature file, for feature-input models.")] = None,
     model_opt: Annotated[Optional[list[str]], _O(help="Model config override key=value (repeat).")] = None,
@@ -84,7 +85,7 @@ def command(
 
     err = Console(stderr=True, soft_wrap=True)  # unwrapped: error messages stay greppable
     flags = dict(manifest=manifest, model=model, val=val, preset=preset, classes=classes,
-                 targets=targets, text_features=text_features,
+                 targets=targets, vote_weight=vote_weight, text_features=text_features,
                  image_features=image_features, epochs=epochs, batch_size=batch_size, lr=lr,
                  optimizer=optimizer, scheduler=scheduler, warmup=warmup, weight_decay=weight_decay,
                  label_smoothing=label_smoothing, loss=loss, class_weights=class_weights,
