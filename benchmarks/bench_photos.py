@@ -276,7 +276,7 @@ def main(
     fer_test: Annotated[Path, typer.Option(help="FER2013 test manifest (canvas round trip)")] =
     Path("manifests/fer_test.parquet"),
     checkpoint: Annotated[Path | None, typer.Option(help="default: the shipped model")] = None,
-    canvas_n: Annotated[int, typer.Option(help="FER2013 test faces in the canvas round trip (0: skip)")] = 1000,
+    canvas_n: Annotated[int, typer.Option(help="FER2013 test faces in the canvas round trip (0: skip)")] = 500,
     seed: int = 0,
     limit: Annotated[int, typer.Option(help="first N wild_dev photos only (a smoke run; 0: all)")] = 0,
     min_face: int = 24,
