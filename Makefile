@@ -231,3 +231,11 @@ MUT_REF ?=
 bench-mutation: setup
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[mutation]'
 	nice -n 10 $(PY) benchmarks/bench_mutation.py $(foreach m,$(MUT_MODULES),--module $(m)) $(if $(MUT_REF),--ref $(MUT_REF))
+
+# The full-length recipes on a CUDA machine (from-scratch VGG, pretrained EfficientNet-Lite0, the
+# distilled default), checkpoints, curves and test reports in one folder; see benchmarks/gpu_recipe.py.
+.PHONY: gpu-recipe
+GPU_OUT ?= runs/gpu_recipe
+gpu-recipe: setup
+	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
+	$(PY) benchmarks/gpu_recipe.py --out $(GPU_OUT)
