@@ -59,6 +59,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
 # that `mutmut show NAME` prints in the workdir).
 _POSITIVE = "the top-label confidence of a probability row is in [1/C, 1], so ceil(conf * n) - 1 already lies in [0, n - 1]: this clip bound never acts"
 _TAG = "the tag only keeps rows without a group apart from group keys; any other string does the same"
+_DIM = "logits are (B, C) by contract: dim=-1, dim=+1 and torch's implicit dim for 2-D input are the same axis"
 _INT_IDX = "comparing a float bin index with the integer bin number gives the same masks"
 EQUIVALENT: dict[str, str] = {
     "train.metrics.x_expected_calibration_error__mutmut_12": 'float("NAN") is the same NaN as float("nan")',
@@ -78,6 +79,10 @@ EQUIVALENT: dict[str, str] = {
                                          "('warn') neither warns nor changes a value",
     "train.metrics.x_score__mutmut_107": "macro-F1 is over classes present in the targets, so each has a positive row "
                                          "(2tp + fp + fn > 0): zero_division never applies to its F1",
+    **{f"train.losses.{m}": _DIM for m in (
+        "x_distill_kl__mutmut_6", "x_distill_kl__mutmut_8", "x_distill_kl__mutmut_10", "x_distill_kl__mutmut_14",
+        "x_distill_kl__mutmut_16", "x_distill_kl__mutmut_18", "xǁFocalLossǁforward__mutmut_4",
+        "xǁFocalLossǁforward__mutmut_6", "xǁFocalLossǁforward__mutmut_7")},
     "train.metrics.x_score__mutmut_121": "softmax probabilities are <= 1: the upper clip never acts",
     "train.metrics.x_score__mutmut_126": "softmax probabilities are <= 1: the upper clip never acts",
 }
