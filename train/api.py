@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "fer2013_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
+DEFAULT_MODEL = "fer2013_ferplus_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
 DETECTORS = ("auto", "mtcnn", "haar", "retinaface", "none")
 # "auto": MTCNN when facenet-pytorch is installed (docs/predict.md has the wild_dev figures that
 # chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
