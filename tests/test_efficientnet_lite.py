@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
 
+from features.manifest import file_sha256
 from train.models.registry import build_model
 
 timm = pytest.importorskip("timm", reason="the `pretrained` extra (timm) is not installed")
@@ -61,7 +62,7 @@ def test_pretrained_model_records_its_file_and_starts_from_imagenet():
     path = _wheel_or_skip(0)
     m = build_model("efficientnet-lite0", num_classes=7, input_size=64)
     assert m.pretrained_file["path"] == str(path)
-    assert m.pretrained_file["sha256"] == lite.sha256_of(path)
+    assert m.pretrained_file["sha256"] == file_sha256(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     torch.testing.assert_close(m.net.conv_stem.weight, state["_conv_stem.weight"])
     x = torch.randn(2, 3, 64, 64)

