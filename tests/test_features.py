@@ -207,3 +207,62 @@ def test_hub_resolve_offline_message(tmp_path, monkeypatch):
     d.mkdir()
     with pytest.raises(hub.WeightsNotFound, match="lacks"):
         hub.resolve(str(d), "x")
+
+
+# ---- features.labels, value by value ------------------------------------------------------
+
+def test_vote_columns_map_onto_each_label_set_by_canonical_name():
+    from features.labels import FERPLUS_VOTE_COLUMNS, get_label_set, vote_columns_in
+
+    assert FERPLUS_VOTE_COLUMNS == ("neutral", "happiness", "surprise", "sadness", "anger", "disgust",
+                                    "fear", "contempt", "unknown", "NF")
+    # ferplus: angry contempt disgust fear happy neutral sad surprise
+    assert vote_columns_in(get_label_set("ferplus")) == [5, 4, 7, 6, 0, 2, 3, 1, None, None]
+    # fer2013: angry disgust fear happy neutral sad surprise (no contempt)
+    assert vote_columns_in(get_label_set("fer2013")) == [4, 3, 6, 5, 0, 1, 2, None, None, None]
+    # ckplus has no neutral: its column maps nowhere
+    assert vote_columns_in(get_label_set("ckplus"))[0] is None
+
+
+def test_label_set_basics_and_messages():
+    from features.labels import (LABEL_SETS, LabelSet, custom_label_set, get_label_set, get_preset,
+                                 register_label_set)
+
+    ck = get_label_set("ckplus")
+    assert ck.canonical == ("angry", "contempt", "disgust", "fear", "happy", "sad", "surprise")
+    assert ck.index("sadness") == 5
+    with pytest.raises(KeyError) as e:
+        ck.index("joy")
+    assert str(e.value) == ("\"'joy' is not a class of label set 'ckplus'; known: anger, contempt, "
+                            "disgust, fear, happy, sadness, surprise\"")
+    with pytest.raises(ValueError, match="label set 'x' repeats a class name"):
+        LabelSet("x", ("a", "a"))
+    with pytest.raises(KeyError) as e:
+        get_label_set("nope")
+    assert f"known: {', '.join(sorted(LABEL_SETS))}" in str(e.value)
+    with pytest.raises(KeyError) as e:
+        get_preset("9")
+    assert "unknown preset '9'; known: 7, 5, 4, 2" in str(e.value)
+    c = custom_label_set(["Joy", "anger"])
+    assert (c.name, c.names, c.doc, c.canonical) == ("custom", ("Joy", "anger"), "user-supplied",
+                                                     ("happy", "angry"))
+    assert register_label_set(get_label_set("fer2013")) is get_label_set("fer2013")  # same: fine
+    with pytest.raises(ValueError, match="label set 'fer2013' already registered with other names"):
+        register_label_set(LabelSet("fer2013", ("a", "b")))
+    assert LABEL_SETS["fer2013"].names[0] == "angry"  # the refused one did not replace it
+    fresh = register_label_set(LabelSet("test-only-set", ("happy", "sad")))
+    try:
+        assert LABEL_SETS["test-only-set"] is fresh
+    finally:
+        del LABEL_SETS["test-only-set"]
+
+
+def test_label_set_json_round_trip_reuses_known_sets():
+    from features.labels import LabelSet, get_label_set
+
+    fer = get_label_set("fer2013")
+    assert LabelSet.from_json(fer.to_json()) is fer
+    other = LabelSet.from_json('{"name": "fer2013", "names": ["a", "b"]}')  # same name, other names
+    assert other is not fer and other.names == ("a", "b")
+    unknown = LabelSet.from_json('{"name": "mine", "names": ["happy", "x"]}')
+    assert unknown.names == ("happy", "x") and unknown.canonical == ("happy", None)
