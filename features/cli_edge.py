@@ -12,24 +12,26 @@ the traceback of a translated error too.
 from __future__ import annotations
 
 import os
-import pickle
 
 import typer
 from typer.core import TyperGroup
 
 EXIT_USER_ERROR = 2
 _OURS = ("features", "pipeline", "train")
+_FORMAT_ERRORS = ("SafetensorError", "UnpicklingError")
 
 
 def is_user_error(e: BaseException) -> bool:
     """True for the project's own error classes, OSError, and the two file-format errors of
     weights (SafetensorError, UnpicklingError) that escape a loader."""
-    if isinstance(e, (OSError, pickle.UnpicklingError)):
+    if isinstance(e, OSError):
         return True
     mod = type(e).__module__.split(".")[0]
     if mod in _OURS:
         return True
-    return type(e).__name__ == "SafetensorError"
+    # matched by name: importing pickle (or safetensors) here only to name an exception class
+    # would pull the modules into the edge of every command
+    return type(e).__name__ in _FORMAT_ERRORS
 
 
 def one_line(e: BaseException) -> str:

@@ -103,13 +103,11 @@ def from_pretrained(cls, path: str | Path, what: str, **kw):
     truncated, foreign or pickled weights file (transformers reads .bin files with
     weights_only=True and raises an UnpicklingError that names no file) turned into one
     WeightsError naming the file inside `path`."""
-    import pickle
-
     try:
         return cls.from_pretrained(str(path), local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001 - filtered below; anything else is re-raised as is
         name = type(e).__name__
-        if not (isinstance(e, (OSError, EOFError, pickle.UnpicklingError)) or name == "SafetensorError"
+        if not (isinstance(e, (OSError, EOFError)) or name in ("SafetensorError", "UnpicklingError")
                 or "Weights only load failed" in str(e)):
             raise
         folder = Path(path)
