@@ -193,6 +193,20 @@ def to_table(rows: list[dict[str, Any]] | pa.Table, groups: Iterable[str] = ()) 
     return pa.Table.from_pydict(data, schema=schema)
 
 
+def _checked_and_stamped(table: pa.Table, path, label_set: LabelSet, producer: dict | None,
+                         extra: dict | None = None) -> pa.Table:
+    """Schema and values checked (nothing is written otherwise), then the version, label set,
+    producer (and `extra`) stamped into the Parquet metadata: what every manifest writer does."""
+    check_schema(table.schema, str(path))
+    check_values(table, label_set, f"{path} (not written)", remedy=_writer_remedy(producer))
+    meta = dict(table.schema.metadata or {})
+    meta[META_VERSION] = SCHEMA_VERSION.encode()
+    meta[META_LABEL_SET] = label_set.to_json().encode()
+    meta[META_PRODUCER] = json.dumps(producer or {}, sort_keys=True, default=str).encode()
+    meta.update(extra or {})
+    return table.replace_schema_metadata(meta)
+
+
 def write_manifest(
     table: pa.Table,
     path: str | Path,
@@ -200,13 +214,7 @@ def write_manifest(
     producer: dict[str, Any] | None = None,
 ) -> Path:
     """Validate `table` against the schema, stamp version + label set, write atomically."""
-    check_schema(table.schema, str(path))
-    check_values(table, label_set, f"{path} (not written)", remedy=_writer_remedy(producer))
-    meta = dict(table.schema.metadata or {})
-    meta[META_VERSION] = SCHEMA_VERSION.encode()
-    meta[META_LABEL_SET] = label_set.to_json().encode()
-    meta[META_PRODUCER] = json.dumps(producer or {}, sort_keys=True, default=str).encode()
-    table = table.replace_schema_metadata(meta)
+    table = _checked_and_stamped(table, path, label_set, producer)
     # row groups of ~2k rows: DuckDB and the trainer can read slices without the whole file
     return atomic_write_bytes(
         path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=2048)
@@ -386,14 +394,7 @@ def write_manifest_set(items: list[tuple[pa.Table, str | Path, LabelSet, dict]])
     stamp = json.dumps({"run": uuid.uuid4().hex, "files": sorted(Path(p).name for _, p, _, _ in items)})
     writes = []
     for table, path, ls, producer in items:
-        check_schema(table.schema, str(path))
-        check_values(table, ls, f"{path} (not written)", remedy=_writer_remedy(producer))
-        meta = dict(table.schema.metadata or {})
-        meta[META_VERSION] = SCHEMA_VERSION.encode()
-        meta[META_LABEL_SET] = ls.to_json().encode()
-        meta[META_PRODUCER] = json.dumps(producer or {}, sort_keys=True, default=str).encode()
-        meta[META_SET] = stamp.encode()
-        t = table.replace_schema_metadata(meta)
+        t = _checked_and_stamped(table, path, ls, producer, {META_SET: stamp.encode()})
         writes.append((path, lambda tmp, t=t: pq.write_table(t, tmp, compression="zstd", row_group_size=2048)))
     return atomic_write_many(writes)
 
