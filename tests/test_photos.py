@@ -14,25 +14,13 @@ import pytest
 from features.images import encode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_predict import FER, _write_video, tiny_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    tiny_checkpoint(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    from skimage.data import astronaut
-
-    return astronaut()
+# the tiny checkpoint and the astronaut photo are test_predict's fixtures
+from test_predict import FER, _write_video, astronaut, ckpt  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
 def predictor(ckpt):
+    """Unlike test_predict's, this one keeps the whole-image fallback (the default)."""
     import torch
 
     from train.api import EmotionPredictor
