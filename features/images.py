@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 
 import numpy as np
@@ -11,6 +12,15 @@ from PIL import Image
 
 # Pillow's decompression-bomb guard, made explicit: above this many pixels an image is refused.
 MAX_PIXELS = 64_000_000
+
+
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _no_address(e: BaseException) -> str:
+    """PIL names an in-memory file by its object address ('<_io.BytesIO object at 0x7f...>'):
+    useless to a reader, so it becomes 'the image bytes' (callers name the file or row)."""
+    return _ADDRESS.sub("the image bytes", str(e))
 
 
 class BadImage(ValueError):
@@ -42,10 +52,10 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"too large (decompression-bomb limit): {e}") from None
+        raise BadImage(f"too large (decompression-bomb limit): {_no_address(e)}") from None
     except (OSError, SyntaxError, ValueError) as e:
         # PIL raises OSError for truncated data and UnidentifiedImageError (an OSError) for non-images
-        raise BadImage(f"cannot decode: {e}") from None
+        raise BadImage(f"cannot decode: {_no_address(e)}") from None
     return arr, fmt
 
 

@@ -685,18 +685,9 @@ def _decode_one(rec: Record, max_pixels: int) -> dict | Reject:
                     return Reject(rec.source_path, f"cannot read: {e.strerror or e}")
             arr, fmt = images.decode(data, max_pixels)
     except images.BadImage as e:
-        return Reject(rec.source_path, _no_address(str(e)))
+        return Reject(rec.source_path, str(e))  # features.images strips PIL's object addresses
     return {"image": data, "image_format": fmt, "width": int(arr.shape[1]), "height": int(arr.shape[0]),
             "channels": images.channels(arr), "pixel_hash": images.pixel_hash(arr)}
-
-
-_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-
-
-def _no_address(reason: str) -> str:
-    """PIL names an in-memory file by its object address ('<_io.BytesIO object at 0x7f...>'):
-    useless in a report, so it becomes 'the image bytes' (the row is named beside it)."""
-    return _ADDRESS.sub("the image bytes", reason)
 
 
 def _decode_chunk(chunk: list[Record], max_pixels: int) -> list[dict | Reject]:

@@ -123,3 +123,15 @@ def test_bomb_limit_truncated_and_empty_still_refused(upright):
         decode(data[: len(data) // 2])
     with pytest.raises(BadImage, match="empty"):
         decode(b"")
+
+
+def test_undecodable_bytes_are_named_without_an_object_address():
+    """Every caller (ingest, predict, the API) gets a reason a person can read: PIL's
+    '<_io.BytesIO object at 0x...>' is replaced where the decode happens."""
+    import pytest
+
+    from features.images import BadImage, decode
+
+    with pytest.raises(BadImage) as e:
+        decode(b"not an image")
+    assert "object at 0x" not in str(e.value) and "the image bytes" in str(e.value)
