@@ -13,6 +13,9 @@ from PIL import Image
 # Pillow's decompression-bomb guard, made explicit: above this many pixels an image is refused.
 MAX_PIXELS = 64_000_000
 
+# File extensions read as still images by ingest and predict (lower case, with the dot).
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+
 
 _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 

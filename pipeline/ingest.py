@@ -35,7 +35,6 @@ from features.schema import SPLITS
 LAYOUTS = ("fer2013-folders", "fer2013-csv", "ferplus", "ckplus", "rafdb", "rafdb-compound", "dfew",
            "imagefolder", "parquet")
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 SPLIT_DIRS = {"train": "train", "training": "train", "val": "train", "valid": "train",
               "validation": "train", "test": "test", "testing": "test"}
 _CKPLUS_NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)")
@@ -178,7 +177,7 @@ def _id_label(i: int, ls: LabelSet, base: int, where: str) -> str:
 # --------------------------------------------------------------------------- layout detection
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_EXTS
+    return p.is_file() and p.suffix.lower() in images.IMAGE_EXTS
 
 
 def _subdirs(p: Path) -> list[Path]:
@@ -268,7 +267,7 @@ def _class_records(class_dir: Path, root: Path, label: str, split: str | None, o
             for i, x in enumerate(frames):
                 recs.append(Record(_rel(x, root), label, split, orig_split, file=str(x), clip_id=clip,
                                    frame_index=i))
-        elif f.suffix.lower() in IMAGE_EXTS:
+        elif f.suffix.lower() in images.IMAGE_EXTS:
             orig = orig_of(f) if orig_of else orig_split
             recs.append(Record(_rel(f, root), label, split, orig, file=str(f)))
         elif not f.name.startswith("."):

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from features.images import IMAGE_EXTS
 from train.api import EmotionPredictor, FacePrediction, PredictError, load_image
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"})
 # The XAI seed's questions about the face (its BLIP-VQA step).
 VQA_QUESTIONS = ("What is the state of the mouth?", "What is the state of the eyes?",
