@@ -1,4 +1,4 @@
-"""DuckDB questions over manifests: the ones stages and the trainer ask.
+"""DuckDB questions over manifests: the ones `pipeline stats` and the ingest benchmark ask.
 
 Every helper takes one or more manifest paths and reads them through `read_parquet`, so the
 image bytes are never loaded unless a query selects them.
@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from features.labels import LabelSet, get_preset
+from features.labels import get_preset
 from features.manifest import open_manifest
 
 Paths = str | Path | Sequence[str | Path]
@@ -94,7 +94,3 @@ def duplicate_summary(paths: Paths) -> dict:
 
 def leaked_ids(paths: Paths) -> set[str]:
     return set(query(paths, "SELECT sample_id FROM m WHERE leak").column("sample_id").to_pylist())
-
-
-def label_set_of(path: str | Path) -> LabelSet:
-    return open_manifest(path)[1]

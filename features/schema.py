@@ -95,10 +95,6 @@ def _fields(cols: tuple[Column, ...]) -> list[pa.Field]:
     return [pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.doc}) for c in cols]
 
 
-def core_schema() -> pa.Schema:
-    return pa.schema(_fields(CORE))
-
-
 def schema_for(groups: tuple[str, ...] | list[str] = ()) -> pa.Schema:
     """Core schema plus the named column groups, in a fixed order."""
     cols = list(CORE)

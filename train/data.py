@@ -122,7 +122,7 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
         raise DataError(
             f"{path} holds split=test rows; training and validation never read the test split "
             "(the best checkpoint is chosen on validation data carved from the training split). "
-            "Pass the train/val manifests; evaluate on test once, at the end, with `train evaluate`.")
+            "Pass the train/val manifests; evaluate on test once, at the end, with `train eval`.")
     split_col = np.asarray(table.column("split").to_pylist())
     keep = np.flatnonzero(split_col == role)
     if keep.size == 0:
