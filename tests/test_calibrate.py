@@ -130,7 +130,7 @@ def test_skewed_prior_bias_by_hand_and_the_recall_it_moves(setup, monkeypatch):
     assert after[1] > before[1] and after[0] <= before[0]
     assert after[0] < before[0] or before[0] == 0
     # on the validation rows: recall per class as the curve row at tau = 0.5 reports it
-    from train.api import preprocess_of
+    from train.checkpoint import preprocess_of
     from train.evaluate import EvalConfig, label_mapping, model_logits, read_rows
     from features.labels import get_label_set
 

@@ -146,7 +146,7 @@ def _model_and_inputs(ckpt, fer_test):
 
 
 def _tta_logits(ckpt, fer_test, tta):
-    from train.api import preprocess_of
+    from train.checkpoint import preprocess_of
     from train.checkpoint import load_checkpoint
     from train.evaluate import EvalConfig, label_mapping, model_logits, read_rows
 

@@ -240,10 +240,10 @@ def test_cli_json_csv_table(ckpt, inputs, tmp_path):
 def test_cli_without_checkpoint_says_what_to_do(inputs, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import train.api
+    import train.checkpoint
     from train.cli import app
 
-    monkeypatch.setattr(train.api, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(train.checkpoint, "WEIGHTS_DIR", tmp_path / "weights")
     r = CliRunner().invoke(app, ["predict", str(inputs)])
     assert r.exit_code == 2 and "no shipped model" in r.stderr and "--checkpoint" in r.stderr
 

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "fer2013_ferplus_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
+from train.checkpoint import DEFAULT_MODEL, WEIGHTS_DIR  # noqa: F401 - the API names the shipped model
+
 DETECTORS = ("auto", "mtcnn", "haar", "retinaface", "none")
 # "auto": MTCNN when facenet-pytorch is installed (docs/predict.md has the wild_dev figures that
 # chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
@@ -54,16 +54,14 @@ class Face:
 
 
 def default_checkpoint() -> Path:
-    """The package's shipped default model (DEFAULT_MODEL, else the first shipped file), or a
-    message that says how to get one."""
-    if (WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors").exists():
-        return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
-    files = sorted(WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
-    if not files:
-        raise PredictError(
-            f"no shipped model in {WEIGHTS_DIR} yet: train one (`train run --manifest M --model vgg "
-            "--out runs/vgg`) and pass it with --checkpoint runs/vgg (or its .safetensors file)")
-    return files[0]
+    """The package's shipped default model (`train.checkpoint.default_checkpoint`), or a
+    PredictError that says how to get one."""
+    from train.checkpoint import CheckpointError, default_checkpoint as shipped
+
+    try:
+        return shipped()
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
 
 
 def load_image(src: Any) -> np.ndarray:
@@ -102,37 +100,15 @@ def load_image(src: Any) -> np.ndarray:
                        "or uint8 array")
 
 
-def class_names_of(sidecar: dict) -> tuple[str, ...]:
-    """The output classes of a checkpoint, in logit order."""
-    names = (sidecar.get("labels") or {}).get("class_names")
-    if not names:
-        raise PredictError("checkpoint sidecar lacks its class names (labels.class_names); re-save it "
-                           "with this affectlab version")
-    return tuple(names)
-
-
-def preprocess_of(sidecar: dict):
-    from train.transforms import Preprocess
-
-    spec = sidecar.get("preprocess")
-    if not spec:
-        raise PredictError("checkpoint sidecar lacks its preprocessing spec ('preprocess'); re-save it "
-                           "with this affectlab version")
-    return Preprocess.from_dict(spec)
-
-
 def load(path: str | Path | None):
-    """Checkpoint (dir or .safetensors, None = shipped model) -> (model in eval mode, sidecar)."""
-    from train.checkpoint import load_checkpoint
+    """Checkpoint (dir or .safetensors, None = shipped model) -> (model in eval mode, sidecar),
+    through `train.checkpoint.load_trained`; its errors come as PredictError."""
+    from train.checkpoint import CheckpointError, load_trained
 
-    path = default_checkpoint() if path is None else Path(path)
-    if not path.exists():
-        raise PredictError(f"checkpoint {path} does not exist; pass a run dir or its .safetensors file")
     try:
-        model, sidecar = load_checkpoint(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise PredictError(f"cannot load checkpoint {path}: {e}") from None
-    return model.eval(), sidecar
+        return load_trained(path)
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
 
 
 def central_square(image: np.ndarray) -> Face:
@@ -211,6 +187,8 @@ class EmotionPredictor:
         """`caption` / `caption_model` / `text_encoder` only matter for caption-fusing models."""
         from train.models.base import fold_batchnorm
 
+        from train.checkpoint import CheckpointError, class_names, preprocess_of
+
         model, sidecar = load(path)
         model = fold_batchnorm(model)  # this copy only serves predictions: BN folded into the convs
         if getattr(model, "needs_text", False) and "text" not in kw:
@@ -218,9 +196,13 @@ class EmotionPredictor:
 
             kw["text"] = CaptionText(sidecar, caption, caption_model or CAPTION_MODEL, text_encoder,
                                      str(kw.get("device", "cpu")))
-        if getattr(model, "input_kind", "image") == "feature":  # it has no image preprocessing to read
-            return cls(model, class_names_of(sidecar), None, sidecar=sidecar, **kw)
-        return cls(model, class_names_of(sidecar), preprocess_of(sidecar), sidecar=sidecar, **kw)
+        try:
+            names = class_names(sidecar)
+            # a feature-input model has no image preprocessing to read
+            pre = None if getattr(model, "input_kind", "image") == "feature" else preprocess_of(sidecar)
+        except CheckpointError as e:
+            raise PredictError(str(e)) from None
+        return cls(model, names, pre, sidecar=sidecar, **kw)
 
     # -- faces ---------------------------------------------------------------------------------
     def faces(self, image: np.ndarray) -> list[Face]:

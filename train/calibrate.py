@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from train.evaluate import EvalConfig, EvalError, _load_member, label_mapping, model_logits, read_rows
+from train.evaluate import EvalConfig, EvalError, label_mapping, model_logits, read_rows
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,11 @@ def adjustment_curve(logits: np.ndarray, targets: np.ndarray, log_prior: np.ndar
                      taus: np.ndarray) -> list[dict]:
     """Validation accuracy, UAR and macro-F1 of argmax(logits - tau * log_prior), per tau (scored
     by the trainer's own validation metrics)."""
-    import torch
+    from train.metrics import LOG_NAMES, validation_scores
 
-    from train.loop import metrics
-
-    y = torch.as_tensor(np.asarray(targets, dtype=np.int64))
-    return [{"tau": float(tau), **metrics(torch.as_tensor(logits - tau * log_prior), y, logits.shape[1])}
+    y = np.asarray(targets, dtype=np.int64)
+    return [{"tau": float(tau), **{LOG_NAMES[k]: v for k, v in
+                                   validation_scores(logits - tau * log_prior, y, logits.shape[1]).items()}}
             for tau in taus]
 
 
@@ -93,11 +92,10 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
     import torch
 
     from features.manifest import ManifestError, atomic_write_bytes, file_sha256, open_manifest
-    from train.api import class_names_of, preprocess_of
-    from train.checkpoint import checkpoint_paths, save_checkpoint
+    from train.checkpoint import checkpoint_paths, class_names, load_trained, preprocess_of, save_checkpoint
 
     t0 = time.perf_counter()
-    model, sidecar = _load_member(checkpoint, EvalConfig(device=cfg.device))
+    model, sidecar = load_trained(checkpoint, cfg.device)
     if sidecar.get("logit_adjustment"):
         raise EvalError(f"{checkpoint} is already logit-adjusted (tau {sidecar['logit_adjustment']['tau']}); "
                         "calibrate the checkpoint it came from instead")
@@ -111,7 +109,7 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
         if not p.is_file():
             raise EvalError(f"{flag} {p} does not exist; pass the manifest (the checkpoint records "
                             f"{recorded.get(role, {}).get('path')} as its {role} manifest)")
-    names = class_names_of(sidecar)
+    names = class_names(sidecar)
     try:
         _, vls = open_manifest(val_manifest)
         _, tls = open_manifest(train_manifest)

@@ -141,21 +141,60 @@ def load_checkpoint(path: str | Path, device: str = "cpu", name: str = "best"):
     return model, side
 
 
-def class_names(sidecar: dict) -> list[str]:
-    return list(sidecar["labels"]["class_names"])
+def class_names(sidecar: dict) -> tuple[str, ...]:
+    """The output classes of a checkpoint, in logit order; CheckpointError when the sidecar
+    lacks them."""
+    names = (sidecar.get("labels") or {}).get("class_names")
+    if not names:
+        raise CheckpointError("checkpoint sidecar lacks its class names (labels.class_names); re-save it "
+                              "with this affectlab version")
+    return tuple(names)
 
 
 def preprocess_of(sidecar: dict):
     """The sidecar's preprocessing; CheckpointError naming the missing field when it is incomplete."""
     from train.transforms import Preprocess
 
-    if not isinstance(sidecar.get("preprocess"), dict):
+    if not isinstance(sidecar.get("preprocess"), dict) or not sidecar["preprocess"]:
         raise CheckpointError("checkpoint sidecar lacks its preprocessing spec ('preprocess'); use the "
                               ".json that `train run` wrote beside the weights")
     try:
         return Preprocess.from_dict(sidecar["preprocess"])
     except ValueError as e:  # PreprocessError: a missing or bad field, named
         raise CheckpointError(str(e)) from None
+
+
+# ---- the shipped model and the one loader for inference ---------------------------------
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "fer2013_ferplus_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
+
+
+def default_checkpoint() -> Path:
+    """The package's shipped default model (DEFAULT_MODEL, else the first shipped file), or a
+    CheckpointError that says how to get one."""
+    if (WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors").exists():
+        return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors")) if WEIGHTS_DIR.is_dir() else []
+    if not files:
+        raise CheckpointError(
+            f"no shipped model in {WEIGHTS_DIR} yet: train one (`train run --manifest M --model vgg "
+            "--out runs/vgg`) and pass it with --checkpoint runs/vgg (or its .safetensors file)")
+    return files[0]
+
+
+def load_trained(path: str | Path | None, device: str = "cpu"):
+    """What `train eval`, `train calibrate`, `train predict` and the Python API load: a run
+    directory or .safetensors file (None = the shipped model) -> (model in eval mode on
+    `device`, sidecar). Every failure is one CheckpointError naming the path."""
+    path = default_checkpoint() if path is None else Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run dir or its .safetensors file")
+    try:
+        model, sidecar = load_checkpoint(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
+    return model.to(device).eval(), sidecar
 
 
 # ---- resume state -----------------------------------------------------------------------

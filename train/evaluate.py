@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from features.labels import LabelSet, cross_map, get_label_set, get_preset
-from train.api import PredictError, class_names_of, load, preprocess_of
+from train.checkpoint import CheckpointError, class_names, load_trained, preprocess_of
 from train.metrics import group_average, reliability_bins, score, softmax
 from train.report import write_report
 
@@ -316,12 +316,12 @@ def _scores(logits, targets, names, mapping: LabelMapping, groups=None) -> dict:
     return s
 
 
-def _load_member(checkpoint, cfg: EvalConfig):
+def load_member(checkpoint, device: str = "cpu"):
+    """`train.checkpoint.load_trained` (None = the shipped model), its errors as EvalError."""
     try:
-        model, sidecar = load(checkpoint)
-    except PredictError as e:
+        return load_trained(checkpoint, device)
+    except CheckpointError as e:
         raise EvalError(str(e)) from None
-    return model.to(cfg.device).eval(), sidecar
 
 
 def _ensemble(logits: list[np.ndarray]) -> np.ndarray:
@@ -363,8 +363,8 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
     members = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     if not members:
         raise EvalError("no checkpoint given")
-    model, sidecar = _load_member(members[0], cfg)
-    names = class_names_of(sidecar)
+    model, sidecar = load_member(members[0], cfg.device)
+    names = class_names(sidecar)
     mapping = label_mapping(sidecar, manifest_ls, names, cfg.label_map)
     kind = getattr(model, "input_kind", "image")
     rows = read_rows(manifest, cfg.split, mapping, decode_images=kind != "feature")
@@ -386,10 +386,10 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
     first = member_logits(model, preprocess, extra)
     per_member = [first]
     for ckpt in members[1:]:
-        m, sc = _load_member(ckpt, cfg)
-        if class_names_of(sc) != names or getattr(m, "input_kind", "image") != kind:
+        m, sc = load_member(ckpt, cfg.device)
+        if class_names(sc) != names or getattr(m, "input_kind", "image") != kind:
             raise EvalError(f"{ckpt}: an ensemble needs members with the same classes and input; it "
-                            f"predicts {list(class_names_of(sc))} from {getattr(m, 'input_kind', 'image')} "
+                            f"predicts {list(class_names(sc))} from {getattr(m, 'input_kind', 'image')} "
                             f"input, {members[0]} predicts {list(names)} from {kind} input")
         per_member.append(member_logits(m, *inputs_of(m, sc)))
         del m

@@ -81,6 +81,31 @@ def group_average(logits: np.ndarray, targets: np.ndarray, groups) -> tuple[np.n
     return np.stack(out_logits) if out_logits else logits[:0], np.asarray(out_targets, dtype=int), keys
 
 
+# The names these scores have always had in log.csv / log.jsonl, checkpoint sidecars
+# ("val_acc", "selected_on": "val_uar"), calibrate.json and `train run --select-metric`:
+# kept there so earlier runs resume, plot and compare; the code says WAR, UAR, macro-F1.
+LOG_NAMES = {"war": "acc", "uar": "uar", "macro_f1": "f1"}
+
+
+def validation_scores(logits, targets, num_classes: int) -> dict[str, float]:
+    """WAR (accuracy), UAR (balanced accuracy: mean per-class recall) and macro-F1 over all
+    `num_classes` (a class absent from a small val split scores 0), from scikit-learn: the
+    trainer's per-epoch scores. Logits (N, C) and targets (N,), numpy arrays or CPU tensors."""
+    import warnings
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    y = np.asarray(targets)
+    p = np.asarray(logits).argmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes absent from a small val split
+        return {
+            "war": float(accuracy_score(y, p)),
+            "uar": float(balanced_accuracy_score(y, p)),
+            "macro_f1": float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0)),
+        }
+
+
 @dataclass(frozen=True)
 class Scores:
     """Every number of one evaluation, JSON-ready through `as_dict`."""

@@ -37,6 +37,7 @@ def command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from train.checkpoint import CheckpointError
     from train.evaluate import EvalConfig, EvalError, evaluate
 
     console = Console(stderr=True, soft_wrap=True)
@@ -55,7 +56,7 @@ def command(
                       console=console, transient=True) as bar:
             task = bar.add_task("eval", total=None)
             report = evaluate(checkpoint if len(checkpoint) > 1 else checkpoint[0], manifest, cfg, out, progress=lambda n: bar.advance(task, n))
-    except EvalError as e:
+    except (EvalError, CheckpointError) as e:  # CheckpointError: a sidecar that lacks a field
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
     if report.get("members"):

@@ -18,15 +18,15 @@ def command(
     """Export an image model to ONNX (dynamic batch; class names and preprocessing in its metadata)."""
     from rich.console import Console
 
-    from train.api import PredictError, class_names_of, load, preprocess_of
+    from train.checkpoint import CheckpointError, class_names, load_trained, preprocess_of
     from train.export import ExportError, export_onnx, parity
 
     console = Console(stderr=True, soft_wrap=True)
     try:
-        model, sidecar = load(checkpoint)
+        model, sidecar = load_trained(checkpoint)
         pre = preprocess_of(sidecar)
-        path = export_onnx(model, pre, out, class_names_of(sidecar), opset=opset)
-    except (PredictError, ExportError) as e:
+        path = export_onnx(model, pre, out, class_names(sidecar), opset=opset)
+    except (CheckpointError, ExportError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2)
     msg = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset})"
