@@ -27,7 +27,8 @@ WORKER = textwrap.dedent('''
     from train.config import make_config
     from train.data import BatchLoader, input_spec_for, load_split
     from train.distributed import init_from_env
-    from train.loop import BatchPrep, evaluate, fit, metrics
+    from train.loop import BatchPrep, fit, validate
+    from train.metrics import validation_scores
 
     args = json.loads(sys.argv[1])
     torch.set_num_threads(1)
@@ -45,9 +46,9 @@ WORKER = textwrap.dedent('''
         cover[epoch] = every
     val = load_split(args["val"], "val", spec, workers=1)
     loader = BatchLoader(val, 4, False, rank=info.rank, world=info.world)
-    logits, targets = evaluate(model, loader, BatchPrep("cpu", spec.preprocess), dist_info=info)
+    logits, targets = validate(model, loader, BatchPrep("cpu", spec.preprocess), dist_info=info)
     out = {"world": info.world, "cover": cover, "logits": logits.tolist(), "targets": targets.tolist(),
-           "metrics": metrics(logits, targets, len(side["labels"]["class_names"]))}
+           "metrics": validation_scores(logits, targets, len(side["labels"]["class_names"]))}
     if info.rank == 0:
         json.dump(out, open(args["report"], "w"))
     # resume the 1-process run under 2 processes (fit tears the process group down at the end)
@@ -60,7 +61,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     from train.checkpoint import load_checkpoint, preprocess_of
     from train.config import make_config
     from train.data import BatchLoader, input_spec_for, load_split
-    from train.loop import BatchPrep, evaluate, fit, metrics
+    from train.loop import BatchPrep, fit, validate
+    from train.metrics import validation_scores
 
     torch.set_num_threads(1)
     tr, va = write_pair(tmp_path, n_train=31, n_val=15)  # odd sizes: shares differ by one row
@@ -91,10 +93,10 @@ def test_torchrun_two_cpu_processes(tmp_path):
     model, side = load_checkpoint(tmp_path / "one")
     spec = input_spec_for(model, preprocess_of(side))
     val = load_split(va, "val", spec, workers=1)
-    logits, targets = evaluate(model, BatchLoader(val, 4, False), BatchPrep("cpu", spec.preprocess))
+    logits, targets = validate(model, BatchLoader(val, 4, False), BatchPrep("cpu", spec.preprocess))
     assert rep["targets"] == targets.tolist()
     assert torch.allclose(torch.tensor(rep["logits"]), logits, atol=1e-5)
-    assert rep["metrics"] == metrics(logits, targets, 7)
+    assert rep["metrics"] == validation_scores(logits, targets, 7)
 
     # the 2-process resume wrote rank-0 checkpoints for epoch 2, nothing stray
     two = tmp_path / "two"

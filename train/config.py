@@ -33,74 +33,99 @@ class ConfigError(ValueError):
     pass
 
 
+def option(default: Any = dataclasses.MISSING, help: str | None = None, *, path: bool = False,
+           decls: tuple[str, ...] = (), name: str | None = None, **kw) -> Any:
+    """A TrainConfig field that is also a `train run` option: `train/commands/run.py` builds the
+    command's options from these, in field order (Typer's `Option(help=...)`; `path` shows it as a
+    PATH, `decls` spells the flag, e.g. `--amp/--no-amp`; `name` is the CLI parameter when it
+    differs from the field). Fields made with plain `field()` are config-file/recipe only."""
+    meta = {"option": {"help": help, "path": path, "decls": decls, "name": name}}
+    return field(default=default, metadata=meta, **kw)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    manifest: str
-    model: str
-    val: str | None = None
-    out: str = "runs/train"
-    preset: str = "7"
+    """One run's settings. The order of the option fields is `train run --help`'s order."""
+
+    manifest: str = option(help="Training manifest (split=train rows).", path=True)
+    model: str = option(help="Registered model name (`train models` lists them).")
+    val: str | None = option(None, "Validation manifest; default: *_val beside *_train.", path=True)
+    # the recipe this run started from (train/recipes/<name>.toml) and that file's sha256
+    recipe: str | None = option(None, "A seed's recipe (`train recipes` lists them); --config and flags "
+                                      "override it.")
+    recipe_sha256: str | None = None
+    preset: str = option("7", "Label preset 7|5|4|2.")
     # train on another label set's classes (mapped by canonical name; rows of classes it lacks
     # are dropped), e.g. a FER+ manifest as FER2013's 7 classes
-    classes: str | None = None
+    classes: str | None = option(None, "Train on this label set's classes (e.g. fer2013 on a FER+ "
+                                       "manifest: contempt rows dropped).")
     # labels: the manifest's (majority) label; votes: FER+ vote distributions as probability
     # targets (Barsoum et al. 2016's probability-distribution scheme), needs ferplus_votes
-    targets: str = "labels"
-    vote_weight: float = 1.0  # --targets votes: w * votes + (1 - w) * one-hot(manifest label)
-    text_features: str | None = None
-    image_features: str | None = None
+    targets: str = option("labels", "labels | votes (FER+ vote distributions as probability targets).")
+    vote_weight: float = option(1.0, "With --targets votes: w*votes + (1-w)*one-hot label.")
+    text_features: str | None = option(None, "Caption feature file (sample_id, vector[, tokens]).", path=True)
+    image_features: str | None = option(None, "Image feature file, for feature-input models.", path=True)
     # model options forwarded to the registry's model_config (None values keep its defaults)
-    model_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
-    warmup: int = 0  # epochs of linear warm-up before the scheduler
-    weight_decay: float = 1e-4
+    model_options: dict[str, Any] = option(help="Model config override key=value (repeat).",
+                                           name="model_opt", default_factory=dict)
+    epochs: int = option(10)
+    batch_size: int = option(64)
+    lr: float = option(1e-3)
+    optimizer: str = option("adamw", "adam | adamw | sgd")
+    scheduler: str = option("cosine", "none | cosine | cosine-restarts | plateau | onecycle")
+    warmup: int = option(0, "Epochs of linear warm-up.")  # before the scheduler
+    weight_decay: float = option(1e-4)
     momentum: float = 0.9
-    label_smoothing: float = 0.0
+    label_smoothing: float = option(0.0)
     focal_gamma: float = 2.0
-    loss: str = "ce"
-    class_weights: str = "none"
-    clip_grad: float | None = None
-    amp: bool = False
-    amp_dtype: str = "bf16"  # fp16 (with a GradScaler) only on CUDA; the CPU autocasts to bf16
-    channels_last: str = "auto"
-    augment: str = "light"
+    loss: str = option("ce", "ce | focal | cmaen (the model's own loss)")
+    class_weights: str = option("none", "none | balanced")
+    clip_grad: float | None = option(None, "Max gradient norm.")
+    amp: bool = option(False, "bf16 autocast (fp16 on CUDA with --amp-dtype fp16).", decls=("--amp/--no-amp",))
+    # fp16 (with a GradScaler) only on CUDA; the CPU autocasts to bf16
+    amp_dtype: str = option("bf16", "bf16 | fp16")
+    channels_last: str = option("auto", "auto | on | off")
+    augment: str = option("light", "none | light | strong | cmaen | miniaffectgpt | affectfusion")
     augment_group: int = 8
-    early_stop: int | None = None
-    select_metric: str = "uar"
-    seed: int = 0
-    resume: bool = False
-    device: str = "auto"
-    workers: int = 2
-    threads: int | None = None  # torch intra-op threads; None keeps torch's default (all cores)
-    max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
-    frames: int | None = None  # clip length for video models (None: the model's default)
-    tensorboard: bool = False
-    # schedule details the seeds set (all off by default: the plain schedules stay as they were)
-    min_lr: float = 0.0  # floor of cosine / cosine-restarts (eta_min; CMAEN 1e-6, CLIP seed 1e-6)
-    restart_period: int | None = None  # first cycle, epochs (None: (epochs - warmup) // 3)
-    restart_mult: float = 1.0  # each cycle's cosine part is this times the previous one's
-    restart_decay: float = 1.0  # each cycle's peak LR is this times the previous one's
-    restart_warmup: int = 0  # epochs of linear warm-up from the floor at the start of each cycle
-    plateau_patience: int = 2  # plateau: epochs without a better val metric before a cut
-    plateau_factor: float = 0.5  # plateau: the cut
-    # evaluation-time resize of the shorter side, then a centre crop to the model's input
-    # (torchvision Resize(n) + CenterCrop(size)); carried in the checkpoint's preprocessing
-    eval_resize: int | None = None
-    # the recipe this run started from (train/recipes/<name>.toml) and that file's sha256
-    recipe: str | None = None
-    recipe_sha256: str | None = None
+    early_stop: int | None = option(None, "Stop after N epochs without a better val metric.")
+    select_metric: str = option("uar", "uar | acc | f1: picks the best checkpoint on val.")
+    seed: int = option(0)
+    out: str = option("runs/train", "Run directory (checkpoints, log.jsonl, log.csv).", path=True)
+    resume: bool = option(False, "Continue the run in --out exactly where it stopped.", decls=("--resume",))
+    device: str = option("auto", "auto | cpu | cuda")
+    workers: int = option(2, "Threads that decode the manifest images.")
+    # torch intra-op threads; None keeps torch's default (all cores)
+    threads: int | None = option(None, "Torch CPU threads (1 is faster on a busy, shared CPU).")
+    max_steps: int | None = option(None, "At most this many steps per epoch (smoke tests).")
+    frames: int | None = option(None, "Frames per clip for video models.")  # None: the model's default
+    tensorboard: bool = option(False, decls=("--tensorboard/--no-tensorboard",))
     # knowledge distillation (Hinton et al. 2015): a trained checkpoint whose softened outputs
     # the student also learns from; loss = (1 - alpha) * hard loss + alpha * T^2 * KL
-    teacher: str | None = None
+    teacher: str | None = option(None, "Distil from this trained checkpoint (run dir or .safetensors).",
+                                 path=True)
     # start from this trained checkpoint's weights (same model and config): fine-tuning, e.g. on
     # cleaner labels; recorded in the sidecar with its sha256
-    init: str | None = None
-    distill_alpha: float = 0.5
-    distill_temperature: float = 4.0
+    init: str | None = option(None, "Start from this trained checkpoint's weights (fine-tuning; same "
+                                    "model and options).", path=True)
+    distill_alpha: float = option(0.5, "Weight of the teacher's soft targets (0..1).")
+    distill_temperature: float = option(4.0, "Softmax temperature of the soft targets.")
+    # schedule details the seeds set (all off by default: the plain schedules stay as they were)
+    # floor of cosine / cosine-restarts (eta_min; CMAEN 1e-6, CLIP seed 1e-6)
+    min_lr: float = option(0.0, "LR floor of cosine / cosine-restarts.")
+    # first cycle, epochs (None: (epochs - warmup) // 3)
+    restart_period: int | None = option(None, "cosine-restarts: first cycle, epochs.")
+    # each cycle's cosine part is this times the previous one's
+    restart_mult: float = option(1.0, "cosine-restarts: cycle length multiplier.")
+    # each cycle's peak LR is this times the previous one's
+    restart_decay: float = option(1.0, "cosine-restarts: peak LR factor per cycle.")
+    # epochs of linear warm-up from the floor at the start of each cycle
+    restart_warmup: int = option(0, "cosine-restarts: warm-up epochs per cycle.")
+    plateau_patience: int = option(2, "plateau: epochs without gain before a cut.")
+    plateau_factor: float = option(0.5, "plateau: LR factor of a cut.")
+    # evaluation-time resize of the shorter side, then a centre crop to the model's input
+    # (torchvision Resize(n) + CenterCrop(size)); carried in the checkpoint's preprocessing
+    eval_resize: int | None = option(None, "Resize the shorter side to N, then centre-crop (kept in the "
+                                           "checkpoint).")
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

@@ -93,18 +93,25 @@ def sibling_val(train_manifest: str | Path) -> Path | None:
 def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
                text_features: str | None = None, image_features: str | None = None,
                workers: int = 2, memory_budget: int | None = None, classes: str | None = None,
-               targets: str = "labels", vote_weight: float = 1.0) -> SplitData:
+               targets: str = "labels", vote_weight: float = 1.0, opened: tuple | None = None,
+               class_mapping: tuple | None = None) -> SplitData:
     """Read the rows of `path` whose split is `role` ('train' or 'val') into memory.
 
     `classes` (a label set name) maps the manifest's classes onto that set by canonical name;
     rows of classes it lacks are dropped (FER+ contempt on FER2013's 7). `targets="votes"` adds
     FER+ probability targets (`SplitData.soft`, (N,K) rows summing to 1) from the manifest's
     `ferplus_votes`: the FER+ paper's probability-distribution scheme (Barsoum et al. 2016),
-    'unknown' and 'NF' votes dropped; the hard label stays the majority label."""
+    'unknown' and 'NF' votes dropped; the hard label stays the majority label.
+
+    `opened` is `features.manifest.open_manifest(path)`'s (schema, label set) when the caller has
+    it, and `class_mapping` `class_map(...)`'s (names, mapping) for that label set, so a run
+    checks each manifest and applies the preset once."""
+    import pyarrow.parquet as pq
     import torch
 
     path = Path(path)
-    schema, ls = open_manifest(path)  # ManifestError with a remedy for a wrong schema/version
+    # ManifestError with a remedy for a wrong schema/version
+    schema, ls = opened if opened is not None else open_manifest(path)
     cols = ["sample_id", "split", "label_id"]
     if spec.kind != "feature":
         cols.append("image")
@@ -116,7 +123,9 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
                             "a FER+ manifest: `pipeline ingest ... --dataset ferplus "
                             "--ferplus-parquet ferplus.parquet`, or train with --targets labels")
         cols.append("ferplus_votes")
-    table, _ = read_manifest(path, columns=cols)
+    if any(c not in schema.names for c in cols):
+        read_manifest(path, columns=cols)  # raises its ManifestError naming the missing columns
+    table = pq.read_table(path, columns=cols)  # the footer was checked above, once
     splits = set(table.column("split").to_pylist())
     if "test" in splits:
         raise DataError(
@@ -131,7 +140,7 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
     if keep.size < len(split_col):
         table = table.take(keep)
 
-    names, mapping = class_map(ls, preset, classes, path)
+    names, mapping = class_mapping if class_mapping is not None else class_map(ls, preset, classes, path)
     label_ids = np.asarray(table.column("label_id").to_numpy(), dtype=np.int64)
     if label_ids.size and (label_ids.min() < 0 or label_ids.max() >= len(ls)):
         raise DataError(f"{path}: label_id outside 0..{len(ls) - 1} of label set {ls.name!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from train.config import TrainConfig
+from train.metrics import LOG_NAMES, validation_scores
 
 Progress = Callable[[dict], None]
 
@@ -122,35 +123,35 @@ def make_scheduler(cfg: TrainConfig, optimizer, epochs_done: int = 0):
     whatever the schedule. With such a group, or with the seeds' schedule options (min_lr,
     restart_*), the schedule is one LambdaLR with a factor per group (`lr_factor`); otherwise
     torch's own scheduler classes, as before, so earlier runs resume unchanged."""
-    import torch.optim.lr_scheduler as S
+    from torch.optim import lr_scheduler
 
     groups = optimizer.param_groups
     fixed = [bool(g.get("fixed_lr")) for g in groups]
     main_epochs = max(1, cfg.epochs - cfg.warmup)
     if cfg.scheduler == "plateau":
         floors = [g["lr"] if f else cfg.min_lr for g, f in zip(groups, fixed)]
-        sched = S.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+        sched = lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                     patience=cfg.plateau_patience, min_lr=floors)
     elif cfg.scheduler == "onecycle":
         if any(fixed):
             raise TrainError("--scheduler onecycle moves every group's LR; this model keeps a group "
                              "at a fixed LR (clip-adapter's encoder): use cosine, none or plateau")
-        sched = S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=main_epochs + 1)
+        sched = lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=main_epochs + 1)
     elif any(fixed) or cfg.min_lr or cfg.restart_period is not None or cfg.restart_mult != 1 \
             or cfg.restart_decay != 1 or cfg.restart_warmup:
         base = [g.get("initial_lr", g["lr"]) for g in groups]
-        sched = S.LambdaLR(optimizer, [(lambda e: 1.0) if f else _factor_fn(cfg, lr)
+        sched = lr_scheduler.LambdaLR(optimizer, [(lambda e: 1.0) if f else _factor_fn(cfg, lr)
                                        for f, lr in zip(fixed, base)])
     else:
         if cfg.scheduler == "none":
-            sched = S.LambdaLR(optimizer, lambda e: 1.0)
+            sched = lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
         elif cfg.scheduler == "cosine":
-            sched = S.CosineAnnealingLR(optimizer, T_max=main_epochs)
+            sched = lr_scheduler.CosineAnnealingLR(optimizer, T_max=main_epochs)
         else:
-            sched = S.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, main_epochs // 3))
+            sched = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, main_epochs // 3))
         if cfg.warmup:
-            warm = S.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup)
-            sched = S.SequentialLR(optimizer, [warm, sched], milestones=[cfg.warmup])
+            warm = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup)
+            sched = lr_scheduler.SequentialLR(optimizer, [warm, sched], milestones=[cfg.warmup])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": intended here
         for _ in range(epochs_done):
@@ -198,9 +199,9 @@ def lr_factor(cfg: TrainConfig, epoch: int, base_lr: float | None = None) -> flo
 
 
 def step_scheduler(sched, metric: float | None) -> None:
-    import torch.optim.lr_scheduler as S
+    from torch.optim import lr_scheduler
 
-    if isinstance(sched, S.ReduceLROnPlateau):
+    if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
         if metric is not None:
             sched.step(metric)
     else:
@@ -256,12 +257,12 @@ def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
 
     It must predict the student's classes in the same order. It sees the very batch the student
     trains on; a teacher with other preprocessing gets it through `AdaptedTeacher`."""
-    from train import checkpoint as ck
+    from train.checkpoint import class_names as names_of, load_checkpoint, preprocess_of
     from train.models.base import fold_batchnorm
 
-    teacher, side = ck.load_checkpoint(cfg.teacher, device=device)
-    if list(ck.class_names(side)) != list(class_names):
-        raise TrainError(f"--teacher {cfg.teacher} predicts {ck.class_names(side)}, the student "
+    teacher, side = load_checkpoint(cfg.teacher, device=device)
+    if list(names_of(side)) != list(class_names):
+        raise TrainError(f"--teacher {cfg.teacher} predicts {list(names_of(side))}, the student "
                          f"{list(class_names)}; distil from a checkpoint trained on the same classes")
     if side.get("input", {}).get("needs_text") or side.get("input", {}).get("kind", "image") != "image":
         raise TrainError(f"--teacher {cfg.teacher} is not an image-only model; distil from one that "
@@ -269,7 +270,7 @@ def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher = fold_batchnorm(teacher.eval())
-    theirs = ck.preprocess_of(side)
+    theirs = preprocess_of(side)
     if preprocess is None:
         raise TrainError("--teacher: the student reads no images; distillation needs an image model")
     if theirs != preprocess:
@@ -282,9 +283,9 @@ def init_from(model, path) -> None:
     same registered model with the same config (its ImageNet `pretrained` start aside)."""
     import dataclasses
 
-    from train import checkpoint as ck
+    from train.checkpoint import load_checkpoint
 
-    src, side = ck.load_checkpoint(path)
+    src, side = load_checkpoint(path)
     strip = {f.name: None for f in dataclasses.fields(model.config) if f.name.endswith("pretrained")}
     if (src.model_name != model.model_name
             or dataclasses.replace(src.config, **strip) != dataclasses.replace(model.config, **strip)):
@@ -387,7 +388,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, prep: BatchPrep, *, amp: 
     return {"loss": total / max(n, 1), "steps": steps, "samples": n}
 
 
-def evaluate(model, loader, prep: BatchPrep, *, amp: bool = False, amp_dtype: str = "bf16",
+def validate(model, loader, prep: BatchPrep, *, amp: bool = False, amp_dtype: str = "bf16",
              dist_info=None):
     """(logits float32 (N,K), targets (N,)) over the loader's rows, gathered across ranks and
     in row order, so any world size gives the same answer as one process."""
@@ -414,21 +415,6 @@ def evaluate(model, loader, prep: BatchPrep, *, amp: bool = False, amp_dtype: st
         lg, tg, ix = torch.zeros((0, k)), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     lg, tg, _ = gather_eval(lg, tg, ix, info)
     return lg, tg
-
-
-def metrics(logits, targets, num_classes: int) -> dict[str, float]:
-    """accuracy, UAR (= balanced accuracy: mean per-class recall) and macro-F1, from sklearn."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
-
-    y = targets.numpy()
-    p = logits.argmax(1).numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # classes absent from a small val split
-        return {
-            "acc": float(accuracy_score(y, p)),
-            "uar": float(balanced_accuracy_score(y, p)),
-            "f1": float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0)),
-        }
 
 
 # ---- one run -----------------------------------------------------------------------------
@@ -469,192 +455,288 @@ class RunLog:
             self.tb.flush()
 
 
+@dataclass
+class Run:
+    """What one run reads and builds before its first epoch (each manifest opened once, the
+    label preset applied once): the loop below only moves it forward."""
+
+    run_dir: Path
+    class_names: tuple[str, ...]
+    model: Any  # the bare model
+    net: Any  # what trains: the model, or DDP around it
+    trainable: tuple[bool, ...]  # which parameters were trainable when `net` was wrapped
+    train_data: Any
+    val_data: Any
+    train_loader: Any
+    val_loader: Any
+    prep: BatchPrep
+    loss_fn: Callable
+    teacher: Any
+    scaler: Any
+    sidecar: dict  # written beside every checkpoint, with the epoch's metrics added
+
+
+def _open_manifests(cfg: TrainConfig):
+    """(train label set, val path, val label set), each manifest checked once."""
+    from features.manifest import open_manifest
+    from train.data import DataError, sibling_val
+
+    train = open_manifest(cfg.manifest)
+    val_path = cfg.val or sibling_val(cfg.manifest)
+    if val_path is None:
+        raise TrainError(f"no validation manifest: pass --val, or put one beside {cfg.manifest} "
+                         "(fer_train.parquet -> fer_val.parquet). Validation comes from the "
+                         "training split (`pipeline ingest` carves it); never from test")
+    val = open_manifest(val_path)
+    ls, vls = train[1], val[1]
+    if vls.names != ls.names:
+        raise DataError(f"{val_path} uses label set {vls.name!r} {list(vls.names)}, the train "
+                        f"manifest {ls.name!r} {list(ls.names)}; they must match")
+    return train, val_path, val
+
+
+def _build_model(cfg: TrainConfig, ls, class_names):
+    from train.data import DataError
+    from train.models.registry import build_model
+
+    opts = dict(cfg.model_options)
+    if opts.get("num_classes") not in (None, len(class_names)):
+        raise DataError(f"model option num_classes={opts['num_classes']} does not match the "
+                        f"{len(class_names)} classes of label set {ls.name!r} with preset "
+                        f"{cfg.preset} ({', '.join(class_names)})")
+    opts["num_classes"] = len(class_names)
+    if cfg.frames is not None:
+        opts["frames"] = cfg.frames
+    model = build_model(cfg.model, **opts)
+    if cfg.init is not None:
+        init_from(model, cfg.init)
+    return model
+
+
+def prepare_run(cfg: TrainConfig, info, emit: Progress) -> Run:
+    """Manifests, label set, model, data, loaders, loss, teacher and sidecar for `cfg`."""
+    import torch
+
+    from train import data
+    from train.checkpoint import RESUME_FILE
+    from train.distributed import wrap
+    from train.transforms import build_augment
+
+    run_dir = Path(cfg.out)
+    if (run_dir / RESUME_FILE).exists() and not cfg.resume:
+        raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or "
+                         "choose another --out")
+    train_manifest, val_path, val_manifest = _open_manifests(cfg)
+    ls = train_manifest[1]
+    classes = data.class_map(ls, cfg.preset, cfg.classes, Path(cfg.manifest))  # val: the same names
+    class_names = classes[0]
+    seed_everything(cfg.seed)
+    model = _build_model(cfg, ls, class_names)
+    spec = data.input_spec_for(model)
+    if cfg.eval_resize and spec.preprocess is not None:  # recipe: Resize(n) + CenterCrop
+        spec = replace(spec, preprocess=replace(spec.preprocess, resize_short=cfg.eval_resize))
+    emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
+    t0 = time.perf_counter()
+    load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
+                image_features=cfg.image_features, workers=cfg.workers, classes=cfg.classes,
+                class_mapping=classes)
+    train_data = data.load_split(cfg.manifest, "train", targets=cfg.targets, vote_weight=cfg.vote_weight,
+                                 opened=train_manifest, **load)
+    val_data = data.load_split(val_path, "val", opened=val_manifest, **load)  # scored on (majority) labels
+    emit({"kind": "status", "text": f"{len(train_data)} train / {len(val_data)} val items "
+                                    f"ready in {time.perf_counter() - t0:.1f}s"})
+
+    device = info.device
+    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and model.channels_last_ok
+                                        and device.startswith("cuda") and spec.kind == "image")
+    model.to(device)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    net = wrap(model, info)
+    weight = (data.class_weights(train_data.labels, len(class_names)).to(device)
+              if cfg.class_weights == "balanced" else None)
+    teacher, teacher_side = None, None
+    if cfg.teacher is not None:
+        teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, device)
+        if cl:
+            teacher.to(memory_format=torch.channels_last)
+    scaler = (torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16"
+              and device.startswith("cuda") else None)
+    size = spec.preprocess.size if spec.preprocess else None
+    return Run(
+        run_dir=run_dir, class_names=tuple(class_names), model=model, net=net,
+        trainable=_trainable(model), train_data=train_data, val_data=val_data,
+        train_loader=data.BatchLoader(train_data, cfg.batch_size, True, cfg.seed, info.rank, info.world,
+                                      cfg.max_steps),
+        val_loader=data.BatchLoader(val_data, cfg.batch_size, False, cfg.seed, info.rank, info.world),
+        prep=BatchPrep(device, spec.preprocess,
+                       build_augment(cfg.augment, size, cfg.augment_group) if size else None, cl),
+        loss_fn=make_loss(cfg, weight, device), teacher=teacher, scaler=scaler,
+        sidecar=run_sidecar(cfg, ls, class_names, spec, model, val_path, teacher_side, info.world))
+
+
+def run_sidecar(cfg: TrainConfig, ls, class_names, spec, model, val_path, teacher_side, world: int) -> dict:
+    """The checkpoint sidecar's run-wide part: labels, preprocessing, input, manifests (with
+    their sha256), feature files, the whole TrainConfig (nanoGPT's config that travels in the
+    checkpoint), teacher / init checkpoints and the model's registry config."""
+    from features.labels import get_preset
+    from features.manifest import file_sha256
+    from train.checkpoint import checkpoint_paths
+    from train.models.registry import config_to_dict
+
+    sidecar = {
+        "labels": {"label_set": ls.name, "label_names": list(ls.names), "preset": cfg.preset,
+                   "class_names": list(class_names), "preset_doc": get_preset(cfg.preset).doc},
+        "preprocess": spec.preprocess.to_dict() if spec.preprocess else None,
+        "input": {"kind": spec.kind, "frames": spec.frames, "needs_text": spec.needs_text},
+        "manifests": {role: {"path": str(p), "sha256": file_sha256(p)}
+                      for role, p in (("train", cfg.manifest), ("val", val_path))},
+        "features": {"text": cfg.text_features, "image": cfg.image_features},
+        "train_config": cfg.to_dict(),
+        "world_size": world,
+    }
+    if teacher_side is not None:
+        sidecar["teacher"] = {"path": str(cfg.teacher), "model": teacher_side.get("model"),
+                              "metrics": teacher_side.get("metrics"),
+                              "sha256": file_sha256(checkpoint_paths(cfg.teacher)[0])}
+    if cfg.init is not None:
+        sidecar["init"] = {"path": str(cfg.init), "sha256": file_sha256(checkpoint_paths(cfg.init)[0])}
+    sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
+    if getattr(model, "pretrained_file", None):  # which ImageNet file the run started from
+        sidecar["model"]["pretrained_file"] = model.pretrained_file
+    return sidecar
+
+
+@dataclass
+class Optimisation:
+    """The optimiser and schedule of the current phase, and the parameter grouping they follow."""
+
+    optimizer: Any
+    scheduler: Any
+    group_key: tuple
+
+
+def start_optimisation(cfg: TrainConfig, run: Run, emit: Progress) -> tuple[Optimisation, dict]:
+    """A fresh optimiser and schedule with an empty loop state, or, with --resume, the saved ones.
+
+    The optimiser's groups follow the model's param_groups(epoch); a resume rebuilds the
+    grouping the saved state was written with, then the epoch loop moves it on as usual."""
+    from train.checkpoint import load_resume, restore_resume
+
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": None, "bad_epochs": 0, "history": [],
+             "class_names": list(run.class_names), "config": {"model": cfg.model}}
+    blob = load_resume(run.run_dir) if cfg.resume else None
+    if blob is not None:
+        _check_resume(blob, cfg, run.class_names)
+    start = blob["state"]["epoch"] if blob else 0
+    groups = param_groups(run.net, max(start - 1, 0), cfg.lr)
+    optimizer = make_optimizer(cfg, groups)
+    opt = Optimisation(optimizer, make_scheduler(cfg, optimizer), _group_key(groups))
+    if blob is not None:
+        state = restore_resume(blob, run.net, opt.optimizer, opt.scheduler, run.scaler)
+        emit({"kind": "status", "text": f"resumed {run.run_dir} at epoch {state['epoch'] + 1}"})
+    return opt, state
+
+
+def next_phase(cfg: TrainConfig, run: Run, opt: Optimisation, epoch: int, info) -> Optimisation:
+    """Follow a model whose trainable parameters or groups change at `epoch` (clip-adapter
+    unfreezing its encoder): re-wrap for DDP, and a new optimiser with the schedule continued."""
+    from train.distributed import wrap
+
+    new_groups = param_groups(run.net, epoch, cfg.lr)
+    if info.enabled and _trainable(run.model) != run.trainable:
+        # DDP registers gradient hooks only for parameters that were trainable when it
+        # wrapped the model: after an unfreeze, wrap again so the new ones are synced
+        run.net = wrap(run.model, info)
+    run.trainable = _trainable(run.model)
+    if _group_key(new_groups) == opt.group_key:
+        return opt
+    optimizer = make_optimizer(cfg, new_groups)
+    return Optimisation(optimizer, make_scheduler(cfg, optimizer, epochs_done=epoch), _group_key(new_groups))
+
+
+def end_epoch(cfg: TrainConfig, run: Run, opt: Optimisation, state: dict, epoch: int, scores: dict,
+              train_loss: float, timing: dict, info, log) -> dict:
+    """Step the schedule on the selection metric, track the best epoch, and (rank 0) write the
+    best/last checkpoints, the resume state and the logs. Returns the epoch's log row."""
+    from train.checkpoint import save_checkpoint, save_resume
+    from train.distributed import barrier
+
+    logged = {f"val_{LOG_NAMES[k]}": v for k, v in scores.items()}
+    score = logged[f"val_{cfg.select_metric}"]
+    step_scheduler(opt.scheduler, score)
+    improved = score > state["best"]
+    if improved:
+        state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
+    else:
+        state["bad_epochs"] += 1
+    row = {"epoch": epoch + 1, "train_loss": train_loss, **logged, **timing, "best": improved}
+    state["history"].append(row)
+    state["epoch"] = epoch + 1
+    if info.is_main:
+        side = run.sidecar | {"epoch": epoch + 1, "metrics": logged,
+                              "selected_on": f"val_{cfg.select_metric}"}
+        if improved:
+            save_checkpoint(run.run_dir, run.net, side, name="best")
+        save_checkpoint(run.run_dir, run.net, side, name="last")
+        save_resume(run.run_dir, run.net, opt.optimizer, opt.scheduler, run.scaler, state)
+        log.write(row, state["history"])
+    barrier(info)
+    return row
+
+
 def fit(cfg: TrainConfig, progress: Progress | None = None) -> dict:
     """Train one run as `cfg` says. Returns a summary (best metric, epochs, paths)."""
     import torch
 
-    from features.labels import get_preset
-    from features.manifest import file_sha256, open_manifest
-    from train import checkpoint as ck
-    from train import data as D
-    from train.distributed import barrier, cleanup, init_from_env, wrap
-    from train.models.registry import build_model, config_to_dict
-    from train.transforms import build_augment
+    from train.distributed import cleanup, init_from_env
 
     emit = progress or (lambda e: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = init_from_env(cfg.device)
     try:
-        run_dir = Path(cfg.out)
-        if (run_dir / ck.RESUME_FILE).exists() and not cfg.resume:
-            raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                             "choose another --out")
-        _, ls = open_manifest(cfg.manifest)
-        val_path = cfg.val or D.sibling_val(cfg.manifest)
-        if val_path is None:
-            raise TrainError(f"no validation manifest: pass --val, or put one beside {cfg.manifest} "
-                             "(fer_train.parquet -> fer_val.parquet). Validation comes from the "
-                             "training split (`pipeline ingest` carves it); never from test")
-        _, vls = open_manifest(val_path)
-        if vls.names != ls.names:
-            raise D.DataError(f"{val_path} uses label set {vls.name!r} {list(vls.names)}, the train "
-                              f"manifest {ls.name!r} {list(ls.names)}; they must match")
-        class_names, _ = D.class_map(ls, cfg.preset, cfg.classes, Path(cfg.manifest))
-        seed_everything(cfg.seed)
-        opts = dict(cfg.model_options)
-        if opts.get("num_classes") not in (None, len(class_names)):
-            raise D.DataError(f"model option num_classes={opts['num_classes']} does not match the "
-                              f"{len(class_names)} classes of label set {ls.name!r} with preset "
-                              f"{cfg.preset} ({', '.join(class_names)})")
-        opts["num_classes"] = len(class_names)
-        if cfg.frames is not None:
-            opts["frames"] = cfg.frames
-        model = build_model(cfg.model, **opts)
-        if cfg.init is not None:
-            init_from(model, cfg.init)
-        spec = D.input_spec_for(model)
-        if cfg.eval_resize and spec.preprocess is not None:  # recipe: Resize(n) + CenterCrop
-            spec = replace(spec, preprocess=replace(spec.preprocess, resize_short=cfg.eval_resize))
-        emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
-        t0 = time.perf_counter()
-        load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
-                    image_features=cfg.image_features, workers=cfg.workers, classes=cfg.classes)
-        train_data = D.load_split(cfg.manifest, "train", targets=cfg.targets,
-                                  vote_weight=cfg.vote_weight, **load)
-        val_data = D.load_split(val_path, "val", **load)  # scored on (majority) labels
-        emit({"kind": "status", "text": f"{len(train_data)} train / {len(val_data)} val items "
-                                        f"ready in {time.perf_counter() - t0:.1f}s"})
-
-        device = info.device
-        cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and model.channels_last_ok
-                                            and device.startswith("cuda") and spec.kind == "image")
-        model.to(device)
-        if cl:
-            model.to(memory_format=torch.channels_last)
-        net = wrap(model, info)
-        trainable = _trainable(model)  # what DDP saw when it wrapped
-        weight = (D.class_weights(train_data.labels, len(class_names)).to(device)
-                  if cfg.class_weights == "balanced" else None)
-        loss_fn = make_loss(cfg, weight, device)
-        teacher, teacher_side = None, None
-        if cfg.teacher is not None:
-            teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, device)
-            if cl:
-                teacher.to(memory_format=torch.channels_last)
-        scaler = (torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16"
-                  and device.startswith("cuda") else None)
-        train_loader = D.BatchLoader(train_data, cfg.batch_size, True, cfg.seed, info.rank, info.world,
-                                     cfg.max_steps)
-        val_loader = D.BatchLoader(val_data, cfg.batch_size, False, cfg.seed, info.rank, info.world)
-        size = spec.preprocess.size if spec.preprocess else None
-        prep = BatchPrep(device, spec.preprocess,
-                         build_augment(cfg.augment, size, cfg.augment_group) if size else None, cl)
-
-        state = {"epoch": 0, "best": -math.inf, "best_epoch": None, "bad_epochs": 0, "history": [],
-                 "class_names": list(class_names), "config": {"model": cfg.model}}
-        blob = ck.load_resume(run_dir) if cfg.resume else None
-        if blob is not None:
-            _check_resume(blob, cfg, class_names)
-        # the optimiser's groups follow the model's param_groups(epoch); a resume rebuilds the
-        # grouping the saved state was written with, then the loop below moves it on as usual
-        start = blob["state"]["epoch"] if blob else 0
-        groups = param_groups(net, max(start - 1, 0), cfg.lr)
-        group_key = _group_key(groups)
-        optimizer = make_optimizer(cfg, groups)
-        sched = make_scheduler(cfg, optimizer)
-        if blob is not None:
-            state = ck.restore_resume(blob, net, optimizer, sched, scaler)
-            emit({"kind": "status", "text": f"resumed {run_dir} at epoch {state['epoch'] + 1}"})
+        run = prepare_run(cfg, info, emit)
+        opt, state = start_optimisation(cfg, run, emit)
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(run_dir, cfg.tensorboard) if info.is_main else None
-        sidecar = {
-            "labels": {"label_set": ls.name, "label_names": list(ls.names), "preset": cfg.preset,
-                       "class_names": list(class_names),
-                       "preset_doc": get_preset(cfg.preset).doc},
-            "preprocess": spec.preprocess.to_dict() if spec.preprocess else None,
-            "input": {"kind": spec.kind, "frames": spec.frames, "needs_text": spec.needs_text},
-            "manifests": {role: {"path": str(p), "sha256": file_sha256(p)}
-                          for role, p in (("train", cfg.manifest), ("val", val_path))},
-            "features": {"text": cfg.text_features, "image": cfg.image_features},
-            "train_config": cfg.to_dict(),
-            "world_size": info.world,
-        }
-        if teacher_side is not None:
-            sidecar["teacher"] = {"path": str(cfg.teacher), "model": teacher_side.get("model"),
-                                  "metrics": teacher_side.get("metrics"),
-                                  "sha256": file_sha256(ck.checkpoint_paths(cfg.teacher)[0])}
-        if cfg.init is not None:
-            sidecar["init"] = {"path": str(cfg.init),
-                               "sha256": file_sha256(ck.checkpoint_paths(cfg.init)[0])}
-        sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}
-        if getattr(model, "pretrained_file", None):  # which ImageNet file the run started from
-            sidecar["model"]["pretrained_file"] = model.pretrained_file
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(run.run_dir, cfg.tensorboard) if info.is_main else None
         stop_reason = "epochs"
         for epoch in range(state["epoch"], cfg.epochs):
-            new_groups = param_groups(net, epoch, cfg.lr)
-            if info.enabled and _trainable(model) != trainable:
-                # DDP registers gradient hooks only for parameters that were trainable when it
-                # wrapped the model: after an unfreeze, wrap again so the new ones are synced
-                net = wrap(model, info)
-            trainable = _trainable(model)
-            if _group_key(new_groups) != group_key:
-                # a model that unfreezes its backbone (clip-adapter) changes its groups: new
-                # optimiser for the new phase, schedule continued from this epoch
-                group_key = _group_key(new_groups)
-                optimizer = make_optimizer(cfg, new_groups)
-                sched = make_scheduler(cfg, optimizer, epochs_done=epoch)
+            opt = next_phase(cfg, run, opt, epoch, info)
             # RNG seeded from (seed, epoch, rank): augmentation and dropout differ across ranks,
             # and a resumed run (any world size) draws exactly what an uninterrupted one would
             torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + info.rank)
-            train_loader.set_epoch(epoch)
-            emit({"kind": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "steps": len(train_loader)})
-            epoch_lr = optimizer.param_groups[0]["lr"]  # logged: the rate this epoch ran with, not the next one's
+            run.train_loader.set_epoch(epoch)
+            emit({"kind": "epoch_start", "epoch": epoch, "epochs": cfg.epochs, "steps": len(run.train_loader)})
+            epoch_lr = opt.optimizer.param_groups[0]["lr"]  # logged: the rate this epoch ran with, not the next one's
             t0 = time.perf_counter()
             try:
-                tr = train_one_epoch(net, loss_fn, optimizer, train_loader, prep, amp=cfg.amp,
-                                     amp_dtype=cfg.amp_dtype, scaler=scaler, clip_grad=cfg.clip_grad,
-                                     dist_info=info, progress=emit, epoch=epoch, teacher=teacher)
+                tr = train_one_epoch(run.net, run.loss_fn, opt.optimizer, run.train_loader, run.prep,
+                                     amp=cfg.amp, amp_dtype=cfg.amp_dtype, scaler=run.scaler,
+                                     clip_grad=cfg.clip_grad, dist_info=info, progress=emit, epoch=epoch,
+                                     teacher=run.teacher)
             except NonFiniteLoss as e:
-                last = run_dir / "last.safetensors"
+                last = run.run_dir / "last.safetensors"
                 keep = (f"the last good checkpoint is {last} (epoch {state['epoch']})"
                         if last.exists() else "no epoch finished, so there is no checkpoint")
                 raise NonFiniteLoss(f"{e}; training stopped, {keep}. Try a lower --lr, "
                                     "--clip-grad 1.0, or --no-amp") from None
             train_s = time.perf_counter() - t0
-            lg, tg = evaluate(net, val_loader, prep, amp=cfg.amp, amp_dtype=cfg.amp_dtype, dist_info=info)
-            m = metrics(lg, tg, len(class_names))
-            score = m[cfg.select_metric]
-            step_scheduler(sched, score)
-            improved = score > state["best"]
-            if improved:
-                state["best"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
-            else:
-                state["bad_epochs"] += 1
-            row = {"epoch": epoch + 1, "train_loss": tr["loss"], **{f"val_{k}": v for k, v in m.items()},
-                   "lr": epoch_lr, "train_s": round(train_s, 3),
-                   "train_img_s": round(tr["samples"] * info.world / max(train_s, 1e-9), 1),
-                   "best": improved}
-            state["history"].append(row)
-            state["epoch"] = epoch + 1
-            if info.is_main:
-                side = sidecar | {"epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in m.items()},
-                                  "selected_on": f"val_{cfg.select_metric}"}
-                if improved:
-                    ck.save_checkpoint(run_dir, net, side, name="best")
-                ck.save_checkpoint(run_dir, net, side, name="last")
-                ck.save_resume(run_dir, net, optimizer, sched, scaler, state)
-                log.write(row, state["history"])
-            barrier(info)
+            lg, tg = validate(run.net, run.val_loader, run.prep, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
+                              dist_info=info)
+            timing = {"lr": epoch_lr, "train_s": round(train_s, 3),
+                      "train_img_s": round(tr["samples"] * info.world / max(train_s, 1e-9), 1)}
+            row = end_epoch(cfg, run, opt, state, epoch, validation_scores(lg, tg, len(run.class_names)),
+                            tr["loss"], timing, info, log)
             emit({"kind": "epoch_end", **row})
             if cfg.early_stop and state["bad_epochs"] >= cfg.early_stop:
                 stop_reason = f"early stop: no better val_{cfg.select_metric} for {cfg.early_stop} epochs"
                 break
-        return {"run_dir": str(run_dir), "best": state["best"], "best_epoch": state["best_epoch"],
+        return {"run_dir": str(run.run_dir), "best": state["best"], "best_epoch": state["best_epoch"],
                 "select_metric": cfg.select_metric, "epochs_run": state["epoch"], "stop": stop_reason,
-                "history": state["history"], "class_names": list(class_names), "world_size": info.world,
-                "train_items": len(train_data), "val_items": len(val_data)}
+                "history": state["history"], "class_names": list(run.class_names), "world_size": info.world,
+                "train_items": len(run.train_data), "val_items": len(run.val_data)}
     finally:
         cleanup(info)
 

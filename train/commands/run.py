@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-_O = typer.Option
+from train.config import TrainConfig
 
 
 def _model_options(pairs: list[str]) -> dict:
@@ -26,86 +29,55 @@ def _model_options(pairs: list[str]) -> dict:
     return out
 
 
-def command(
-    manifest: Annotated[Optional[Path], _O(help="Training manifest (split=train rows).")] = None,
-    model: Annotated[Optional[str], _O(help="Registered model name (`train models` lists them).")] = None,
-    val: Annotated[Optional[Path], _O(help="Validation manifest; default: *_val beside *_train.")] = None,
-    config: Annotated[Optional[Path], _O(help="JSON/TOML file of these options; flags override it.")] = None,
-    recipe: Annotated[Optional[str], _O(help="A seed's recipe (`train recipes` lists them); --config and flags override it.")] = None,
-    preset: Annotated[Optional[str], _O(help="Label preset 7|5|4|2.")] = None,
-    classes: Annotated[Optional[str], _O(help="Train on this label set's classes (e.g. fer2013 on a FER+ manifest: contempt rows dropped).")] = None,
-    targets: Annotated[Optional[str], _O(help="labels | votes (FER+ vote distributions as probability targets).")] = None,
-    vote_weight: Annotated[Optional[float], _O(help="With --targets votes: w*votes + (1-w)*one-hot label.")] = None,
-    text_features: Annotated[Optional[Path], _O(help="Caption feature file (sample_id, vector[, tokens]).")] = None,
-    image_features: Annotated[Optional[Path], _O(help="Image feature file, for feature-input models.")] = None,
-    model_opt: Annotated[Optional[list[str]], _O(help="Model config override key=value (repeat).")] = None,
-    epochs: Annotated[Optional[int], _O()] = None,
-    batch_size: Annotated[Optional[int], _O()] = None,
-    lr: Annotated[Optional[float], _O()] = None,
-    optimizer: Annotated[Optional[str], _O(help="adam | adamw | sgd")] = None,
-    scheduler: Annotated[Optional[str], _O(help="none | cosine | cosine-restarts | plateau | onecycle")] = None,
-    warmup: Annotated[Optional[int], _O(help="Epochs of linear warm-up.")] = None,
-    weight_decay: Annotated[Optional[float], _O()] = None,
-    label_smoothing: Annotated[Optional[float], _O()] = None,
-    loss: Annotated[Optional[str], _O(help="ce | focal | cmaen (the model's own loss)")] = None,
-    class_weights: Annotated[Optional[str], _O(help="none | balanced")] = None,
-    clip_grad: Annotated[Optional[float], _O(help="Max gradient norm.")] = None,
-    amp: Annotated[Optional[bool], _O("--amp/--no-amp", help="bf16 autocast (fp16 on CUDA with --amp-dtype fp16).")] = None,
-    amp_dtype: Annotated[Optional[str], _O(help="bf16 | fp16")] = None,
-    channels_last: Annotated[Optional[str], _O(help="auto | on | off")] = None,
-    augment: Annotated[Optional[str], _O(help="none | light | strong | cmaen | miniaffectgpt | affectfusion")] = None,
-    early_stop: Annotated[Optional[int], _O(help="Stop after N epochs without a better val metric.")] = None,
-    select_metric: Annotated[Optional[str], _O(help="uar | acc | f1: picks the best checkpoint on val.")] = None,
-    seed: Annotated[Optional[int], _O()] = None,
-    out: Annotated[Optional[Path], _O(help="Run directory (checkpoints, log.jsonl, log.csv).")] = None,
-    resume: Annotated[bool, _O("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
-    device: Annotated[Optional[str], _O(help="auto | cpu | cuda")] = None,
-    workers: Annotated[Optional[int], _O(help="Threads that decode the manifest images.")] = None,
-    threads: Annotated[Optional[int], _O(help="Torch CPU threads (1 is faster on a busy, shared CPU).")] = None,
-    max_steps: Annotated[Optional[int], _O(help="At most this many steps per epoch (smoke tests).")] = None,
-    frames: Annotated[Optional[int], _O(help="Frames per clip for video models.")] = None,
-    tensorboard: Annotated[Optional[bool], _O("--tensorboard/--no-tensorboard")] = None,
-    teacher: Annotated[Optional[Path], _O(help="Distil from this trained checkpoint (run dir or .safetensors).")] = None,
-    init: Annotated[Optional[Path], _O(help="Start from this trained checkpoint's weights (fine-tuning; same model and options).")] = None,
-    distill_alpha: Annotated[Optional[float], _O(help="Weight of the teacher's soft targets (0..1).")] = None,
-    distill_temperature: Annotated[Optional[float], _O(help="Softmax temperature of the soft targets.")] = None,
-    min_lr: Annotated[Optional[float], _O(help="LR floor of cosine / cosine-restarts.")] = None,
-    restart_period: Annotated[Optional[int], _O(help="cosine-restarts: first cycle, epochs.")] = None,
-    restart_mult: Annotated[Optional[float], _O(help="cosine-restarts: cycle length multiplier.")] = None,
-    restart_decay: Annotated[Optional[float], _O(help="cosine-restarts: peak LR factor per cycle.")] = None,
-    restart_warmup: Annotated[Optional[int], _O(help="cosine-restarts: warm-up epochs per cycle.")] = None,
-    plateau_patience: Annotated[Optional[int], _O(help="plateau: epochs without gain before a cut.")] = None,
-    plateau_factor: Annotated[Optional[float], _O(help="plateau: LR factor of a cut.")] = None,
-    eval_resize: Annotated[Optional[int], _O(help="Resize the shorter side to N, then centre-crop (kept in the checkpoint).")] = None,
-) -> None:
+CONFIG_OPTION = inspect.Parameter(
+    "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+    annotation=Annotated[Optional[Path], typer.Option(help="JSON/TOML file of these options; flags override it.")])
+
+
+def _options() -> list[inspect.Parameter]:
+    """`train run`'s options, one per TrainConfig field made with `config.option`, in field
+    order; every one defaults to None ("not given": the recipe, --config file or the field's
+    default applies), except the --resume switch. --config comes before --recipe."""
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        opt = f.metadata.get("option")
+        if opt is None:
+            continue
+        if f.name == "recipe":
+            params.append(CONFIG_OPTION)
+        kind = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kind = next(k for k in kind if k is not type(None))
+        if opt["path"]:
+            kind = Path
+        elif f.name == "model_options":
+            kind = list[str]
+        info = typer.Option(*opt["decls"], help=opt["help"])
+        if f.name == "resume":
+            annotation, default = Annotated[bool, info], False
+        else:
+            annotation, default = Annotated[Optional[kind], info], None
+        params.append(inspect.Parameter(opt["name"] or f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=default, annotation=annotation))
+    return params
+
+
+def command(**given) -> None:
     """Train MODEL on a manifest; the best checkpoint is chosen on the validation split."""
     from rich.console import Console
 
     from train.config import ConfigError, make_config
 
     err = Console(stderr=True, soft_wrap=True)  # unwrapped: error messages stay greppable
-    flags = dict(manifest=manifest, model=model, val=val, preset=preset, classes=classes,
-                 targets=targets, vote_weight=vote_weight, text_features=text_features,
-                 image_features=image_features, epochs=epochs, batch_size=batch_size, lr=lr,
-                 optimizer=optimizer, scheduler=scheduler, warmup=warmup, weight_decay=weight_decay,
-                 label_smoothing=label_smoothing, loss=loss, class_weights=class_weights,
-                 clip_grad=clip_grad, amp=amp, amp_dtype=amp_dtype, channels_last=channels_last,
-                 augment=augment, early_stop=early_stop, select_metric=select_metric, seed=seed,
-                 out=out, resume=resume or None, device=device, workers=workers, threads=threads,
-                 max_steps=max_steps, frames=frames, tensorboard=tensorboard, teacher=teacher, init=init,
-                 distill_alpha=distill_alpha, distill_temperature=distill_temperature,
-                 min_lr=min_lr, restart_period=restart_period, restart_mult=restart_mult,
-                 restart_decay=restart_decay, restart_warmup=restart_warmup,
-                 plateau_patience=plateau_patience, plateau_factor=plateau_factor,
-                 eval_resize=eval_resize)
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
+    config, recipe = given.pop("config", None), given.pop("recipe", None)
+    model_opt = given.pop("model_opt", None)
+    given["resume"] = given.get("resume") or None
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
     try:
         opts = _model_options(model_opt or [])
         cfg = make_config(config, recipe=recipe, **flags)
         if opts:
-            from dataclasses import replace
-
-            cfg = replace(cfg, model_options={**cfg.model_options, **opts})
+            cfg = dataclasses.replace(cfg, model_options={**cfg.model_options, **opts})
     except (ConfigError, TypeError, typer.BadParameter) as e:
         err.print(f"[red]train run:[/red] {e}")
         raise typer.Exit(2) from None
@@ -114,6 +86,11 @@ def command(
         best = summary["best"]
         typer.echo(f"best val_{summary['select_metric']} = {best:.4f} at epoch {summary['best_epoch']} "
                    f"({summary['stop']}); checkpoint: {summary['run_dir']}/best.safetensors")
+
+
+# Typer reads a command's options from its signature: this one's comes from TrainConfig
+command.__signature__ = inspect.Signature(_options(), return_annotation=None)
+command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
 
 
 def _run(cfg, err):
