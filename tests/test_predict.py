@@ -304,3 +304,31 @@ def test_gradcam_on_a_per_frame_clip_model(tmp_path, astronaut):
     cam, _ = grad_cam(p.model, x)
     assert cam.shape == (SIZE, SIZE) and 0.0 <= cam.min() and cam.max() <= 1.0
     assert len(p.predict(astronaut)) == 1
+
+
+def test_flip_tta_is_the_mean_of_the_face_and_its_mirror(ckpt, astronaut):
+    """Default TTA 'flip' = mean logits of x and x.flip(-1), by hand; 'none' = one pass; a bad
+    mode is refused in one line (API and CLI)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from train.api import EmotionPredictor, PredictError
+    from train.cli import app
+
+    flip = EmotionPredictor.from_checkpoint(ckpt, detector="none")
+    once = EmotionPredictor.from_checkpoint(ckpt, detector="none", tta="none")
+    assert flip.tta == "flip"
+    crops = [astronaut[:200, 100:300], astronaut[100:400, 150:450]]
+    x = flip.inputs(crops)
+    assert not torch.equal(x, x.flip(-1))  # the mirror is another input, so the test can fail
+    with torch.inference_mode():
+        model = flip.model
+        by_hand = ((model(x) + model(x.flip(-1))) / 2).numpy()
+        single = model(x).numpy()
+    np.testing.assert_allclose(flip.logits(crops), by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(once.logits(crops), single, rtol=1e-5, atol=1e-6)
+    assert np.abs(by_hand - single).max() > 1e-6
+    with pytest.raises(PredictError, match="tta 'vertical' unknown"):
+        EmotionPredictor.from_checkpoint(ckpt, detector="none", tta="vertical")
+    r = CliRunner().invoke(app, ["predict", "x.png", "--checkpoint", str(ckpt), "--tta", "vertical"])
+    assert r.exit_code == 2 and "tta 'vertical' unknown" in r.stderr and "Traceback" not in r.output

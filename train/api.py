@@ -21,6 +21,7 @@ import numpy as np
 from train.checkpoint import DEFAULT_MODEL, WEIGHTS_DIR  # noqa: F401 - the API names the shipped model
 
 DETECTORS = ("auto", "mtcnn", "haar", "retinaface", "none")
+TTA_MODES = ("none", "flip")  # test-time augmentation of each face crop
 # "auto": MTCNN when facenet-pytorch is installed (docs/predict.md has the wild_dev figures that
 # chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
 # each side) tuned so a crop frames the face as FER2013 does (docs/predict.md, bench-photos):
@@ -126,13 +127,17 @@ class EmotionPredictor:
     def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "auto",
                  device: str = "cpu", pad: float | None = None, min_face: int = 24, batch_size: int = 64,
                  weights_dir: str | Path | None = None, sidecar: dict | None = None, fallback: bool = True,
-                 text=None):
+                 text=None, tta: str = "flip"):
         """`detector` one of DETECTORS ("auto": MTCNN if installed, else Haar, with `notice` saying
         so); `pad` the crop margin per side as a fraction of the face box (None: PADS[detector]);
         `fallback` classifies the central square of a photo where no face is found
         (face_source "whole_image") instead of returning no prediction for it. `text` (a
         train.text_input.CaptionText) gives a caption-fusing model (miniaffectgpt) its caption
-        per face; such a model without it is refused."""
+        per face; such a model without it is refused. `tta` "flip" (default) averages the logits
+        of each face and its mirror image (horizontal flip TTA, as `train eval --tta flip`; twice
+        the model time, which is small beside detection), "none" classifies the face once."""
+        if tta not in TTA_MODES:
+            raise PredictError(f"tta {tta!r} unknown; use one of {', '.join(TTA_MODES)}")
         if detector not in DETECTORS:
             raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
         self.notice = ""
@@ -179,6 +184,7 @@ class EmotionPredictor:
         self.weights_dir = weights_dir
         self.sidecar = sidecar or {}
         self.input_kind = kind
+        self.tta = tta
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, caption: str | None = None,
@@ -246,12 +252,13 @@ class EmotionPredictor:
         with torch.inference_mode():
             for i in range(0, len(crops), self.batch_size):
                 x = self.inputs(crops[i:i + self.batch_size]).to(self.device)
+                views = [x, x.flip(-1)] if self.tta == "flip" else [x]
+                args = ()
                 if self.text is not None:  # the face's caption, embedded as in training
                     t, m = self.text.features(self.text.captions(crops[i:i + self.batch_size]))
-                    out.append(self.model(x, t.to(self.device), None if m is None else m.to(self.device))
-                               .float().cpu().numpy())
-                    continue
-                out.append(self.model(x).float().cpu().numpy())
+                    args = (t.to(self.device), None if m is None else m.to(self.device))
+                # TTA views averaged in logit space, as train eval does
+                out.append((sum(self.model(v, *args).float() for v in views) / len(views)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
     def describe_logits(self, logits: np.ndarray, k: int = 3) -> list[tuple[str, float, tuple]]:

@@ -25,6 +25,8 @@ def command(
                                               "as a fraction of its size (default: tuned per detector).")] = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Report 'no face' instead of "
                                               "classifying the central square of a photo without one.")] = False,
+    tta: Annotated[str, typer.Option("--tta", help="flip: average each face with its mirror image "
+                                     "(default) | none: classify each face once.")] = "flip",
     window: Annotated[int, typer.Option("--window", min=1, help="Video/camera: frames whose logits "
                                         "are averaged (temporal smoothing).")] = 16,
     out_video: Annotated[Path | None, typer.Option("--out-video", help="Annotated output video "
@@ -60,7 +62,7 @@ def command(
                                                      device=resolve_device(device), pad=pad,
                                                      weights_dir=weights_dir, fallback=not no_fallback,
                                                      caption=caption, caption_model=caption_model,
-                                                     text_encoder=text_encoder)
+                                                     text_encoder=text_encoder, tta=tta)
         if predictor.notice:
             err.print(f"[yellow]note:[/] {predictor.notice}")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
@@ -87,7 +89,7 @@ def command(
     err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces ({s['whole_image']} face_source=whole_image: "
               f"no face found, central square classified), {s['no_face']} without a face, {s['errors']} errors"
               + (f", {s['skipped']} files skipped by extension" if s["skipped"] else "")
-              + f"; detector {predictor.detector}"
+              + f"; detector {predictor.detector}, TTA {predictor.tta}"
               + (f"; annotated video: {out_video}" if out_video else "")
               + (f"; {cams} Grad-CAM overlays in {gradcam}" if gradcam else ""))
     scored = score_labelled(records, predictor.class_names)
