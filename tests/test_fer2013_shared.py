@@ -84,7 +84,7 @@ def test_ferplus_manifest():
 
 def test_majority_rule_reproduces_ferplus_label_column():
     from features.labels import FERPLUS_VOTE_COLUMNS
-    from pipeline.ingest import ferplus_majority
+    from pipeline.layouts.fer_files import ferplus_majority
 
     t = pq.read_table(DATA / "ferplus.parquet", columns=[*FERPLUS_VOTE_COLUMNS, "ferplus_label"])
     votes = zip(*(t.column(c).to_pylist() for c in FERPLUS_VOTE_COLUMNS))

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-LAYOUT_HELP = ("auto, fer2013-folders, fer2013-csv, ferplus, ckplus, rafdb, rafdb-compound, dfew, "
-               "imagefolder, parquet")
+from pipeline.layouts import list_layouts  # light: the layouts import numpy/pyarrow only when reading
+
+LAYOUT_HELP = ", ".join(["auto", *list_layouts()])
 
 
 def command(
