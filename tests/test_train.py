@@ -171,9 +171,12 @@ def _stack(path, pair, tmp_path, tokens):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from features.encoders import write_features as write
+
     a = write_features(tmp_path / "a.parquet", pair[0], 16, tokens=5 if tokens else None)
     b = write_features(tmp_path / "b.parquet", pair[1], 16, tokens=5 if tokens else None, seed=1)
-    pq.write_table(pa.concat_tables([pq.read_table(a), pq.read_table(b)]), path)
+    write(pa.concat_tables([pq.read_table(a), pq.read_table(b)]).replace_schema_metadata(None), path,
+          {"tokens": bool(tokens)})
     return str(path)
 
 
@@ -251,7 +254,7 @@ def test_cli_bad_input_is_clear(tmp_path, pair, case):
         "unknown_model": "known models:",
         "no_val": "no validation manifest",
         "bad_option": "has no option",
-        "features_uncovered": "does not cover the manifest",
+        "features_uncovered": "lacks 3 of the 35 rows asked for",
         "needs_text": "--text-features",
         "classes": "does not match",
         "bad_choice": "is not one of",
@@ -293,22 +296,30 @@ def test_cli_models_lists_registry():
 
 
 def test_reads_feature_files_written_by_pipeline_embed(tmp_path):
-    """The reader agrees with features.encoders' writer (fp16 vectors, padded tokens, int8 mask)."""
+    """Training reads through features.encoders (fp16 vectors, padded tokens, int8 mask), its
+    features_meta check included: a file without it is refused as `train eval` refuses it."""
     enc = pytest.importorskip("features.encoders")
-    from train.data import DataError, read_feature_file
+    import pyarrow.parquet as pq
+
+    from train.data import DataError, read_split_features
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(5)]
     e = enc.Encoded(vectors=rng.normal(size=(5, 6)).astype(np.float32),
                     tokens=rng.normal(size=(5, 4, 6)).astype(np.float32),
                     mask=np.array([[1, 1, 0, 0]] * 5, dtype=np.int8))
-    path = enc.write_features(enc.features_table(ids, e, dtype="float16"), tmp_path / "f.parquet", {})
-    vec, tok, mask = read_feature_file(path, ids[::-1])
+    path = enc.write_features(enc.features_table(ids, e, dtype="float16"), tmp_path / "f.parquet",
+                              {"tokens": True})
+    vec, tok, mask = read_split_features(path, "train", ids[::-1], tokens=True)
     assert vec.dtype == np.float32 and vec.shape == (5, 6)
     np.testing.assert_allclose(vec, e.vectors[::-1], atol=1e-2)
     assert tok.shape == (5, 4, 6) and mask.dtype == bool and mask[:, :2].all() and not mask[:, 2:].any()
-    with pytest.raises(DataError, match="does not cover"):
-        read_feature_file(path, ids + ["other"])
+    assert read_split_features(path, "train", ids, tokens=False)[1] is None
+    with pytest.raises(DataError, match=r"f.parquet lacks 1 of the 6 rows asked for \(e.g. \['other'\]\)"):
+        read_split_features(path, "train", ids + ["other"])
+    pq.write_table(pq.read_table(path).replace_schema_metadata(None), tmp_path / "plain.parquet")
+    with pytest.raises(DataError, match="plain.parquet: not an affectlab feature file"):
+        read_split_features(tmp_path / "plain.parquet", "train", ids)
 
 
 def test_clip_adapter_unfreezes_its_encoder_on_schedule(tmp_path):
@@ -335,3 +346,26 @@ def test_clip_adapter_unfreezes_its_encoder_on_schedule(tmp_path):
     frozen = n_state(run)
     fit(_cfg(pair, run, model="clip-adapter", model_options=opts, epochs=2, max_steps=2, resume=True))
     assert n_state(run) > frozen
+
+
+def test_run_options_are_the_config_fields():
+    """`train run`'s options are TrainConfig's option fields, each once, under its kebab name;
+    fields made with plain field() (momentum, focal_gamma, ...) stay config-file/recipe only."""
+    import dataclasses
+    import re
+
+    from typer.testing import CliRunner
+
+    from train.cli import app
+    from train.config import TrainConfig
+
+    r = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    flags = set(re.findall(r"--[a-z][a-z0-9-]*", r.output))
+    for f in dataclasses.fields(TrainConfig):
+        opt = f.metadata.get("option")
+        name = "--" + ((opt or {}).get("name") or f.name).replace("_", "-")
+        assert (name in flags) == (opt is not None), name
+    assert {"--config", "--no-amp", "--no-tensorboard", "--manifest", "--epochs", "--model-opt", "--resume",
+            "--select-metric", "--eval-resize"} <= flags
+    assert not {"--momentum", "--focal-gamma", "--augment-group", "--recipe-sha256", "--model-options"} & flags

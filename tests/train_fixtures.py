@@ -62,10 +62,12 @@ def write_pair(tmp: Path, n_train: int = 56, n_val: int = 21, **kw) -> tuple[Pat
 
 def write_features(path: Path, manifest: Path, dim: int = 16, tokens: int | None = None,
                    drop: int = 0, seed: int = 0) -> Path:
-    """A feature file keyed by the manifest's sample_ids; vectors carry the label (a test
-    fixture, not a caption: real caption features never derive from labels)."""
-    import pyarrow as pa
+    """A feature file keyed by the manifest's sample_ids, written as `pipeline embed` writes
+    one (features.encoders, with its features_meta, which names no encoder); vectors carry the
+    label (a test fixture, not a caption: real caption features never derive from labels)."""
     import pyarrow.parquet as pq
+
+    from features.encoders import Encoded, features_table, write_features as write
 
     t = pq.read_table(manifest, columns=["sample_id", "label_id"])
     ids = t.column("sample_id").to_pylist()[drop:]
@@ -73,13 +75,13 @@ def write_features(path: Path, manifest: Path, dim: int = 16, tokens: int | None
     rng = np.random.default_rng(seed)
     vec = rng.normal(0, 0.1, (len(ids), dim)).astype(np.float32)
     vec[np.arange(len(ids)), np.asarray(labels) % dim] += 1.0
-    cols = {"sample_id": ids, "vector": [v.tolist() for v in vec]}
+    enc = Encoded(vec)
     if tokens:
         toks = rng.normal(0, 0.1, (len(ids), tokens, dim)).astype(np.float32) + vec[:, None, :]
-        cols["tokens"] = [t.tolist() for t in toks]
-        cols["token_mask"] = [[True] * (tokens - (i % 2)) + [False] * (i % 2) for i in range(len(ids))]
-    pq.write_table(pa.table(cols), path)
-    return path
+        mask = np.array([[1] * (tokens - (i % 2)) + [0] * (i % 2) for i in range(len(ids))], dtype=np.int8)
+        enc = Encoded(vec, toks, mask)
+    return write(features_table(ids, enc), path,
+                 {"tokens": bool(tokens), "source_manifest": str(manifest)})
 
 
 def train_config(pair: tuple[Path, Path], out: Path, **kw):

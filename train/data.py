@@ -175,7 +175,7 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
         if not image_features:
             raise DataError("this model trains on precomputed image features: pass "
                             "--image-features F.parquet (written by `pipeline embed`)")
-        vec, _, _ = read_feature_file(feature_sources(image_features, role), ids)
+        vec, _, _ = read_split_features(image_features, role, ids)
         data.features = torch.from_numpy(vec)
     else:
         per_item = spec.preprocess.channels * math.prod(spec.preprocess.size) * (spec.frames or 1)
@@ -191,7 +191,7 @@ def load_split(path: str | Path, role: str, spec: InputSpec, preset: str = "7",
             raise DataError("this model fuses caption text: pass --text-features F.parquet "
                             "(caption features written by `pipeline embed`)")
         # clip models key text by their first frame's sample_id
-        vec, tok, mask = read_feature_file(feature_sources(text_features, role), row_ids)
+        vec, tok, mask = read_split_features(text_features, role, row_ids, tokens=True)
         if tok is not None:
             data.text, data.text_mask = torch.from_numpy(tok), torch.from_numpy(mask)
         else:
@@ -265,27 +265,38 @@ def _preset(ls: LabelSet, preset: str, path: Path) -> tuple[tuple[str, ...], lis
                         f"{e.args[0] if e.args else e}") from None
 
 
+def sample_clips(clip_ids: list, frame_index: list | None, labels: np.ndarray,
+                 frames: int) -> list[tuple[Any, list[int], list[int]]]:
+    """Frame rows -> clips: (clip_id, its rows in frame_index order, `frames` of them spread
+    evenly over the clip), clips in sorted clip_id order. Short clips repeat frames
+    (AffectFusion's sampling). The one clip sampler of training and `train eval`.
+
+    Raises DataError naming a clip whose frames carry different labels (a clip has one)."""
+    fidx = frame_index or [0] * len(clip_ids)
+    by_clip: dict = {}
+    for i, c in enumerate(clip_ids):
+        by_clip.setdefault(c, []).append(i)
+    out = []
+    for c in sorted(by_clip):
+        rows = sorted(by_clip[c], key=lambda i: (fidx[i] if fidx[i] is not None else 0))
+        if len(set(labels[rows].tolist())) != 1:
+            raise DataError(f"clip {c!r} has frames with different labels")
+        pick = np.linspace(0, len(rows) - 1, frames).round().astype(int)
+        out.append((c, rows, [rows[k] for k in pick]))
+    return out
+
+
 def _group_clips(table, y: np.ndarray, frames: int | None, path: Path):
     clip = table.column("clip_id").to_pylist()
     if any(c is None for c in clip):
         raise DataError(f"{path}: a video model needs clip_id on every row; this manifest has "
                         "rows without one (ingest a video dataset, e.g. DFEW)")
-    fidx = table.column("frame_index").to_pylist()
-    by_clip: dict[str, list[int]] = {}
-    for i, c in enumerate(clip):
-        by_clip.setdefault(c, []).append(i)
-    t = frames or 16
-    groups, labels, ids = [], [], []
-    for c in sorted(by_clip):
-        rows = sorted(by_clip[c], key=lambda i: (fidx[i] if fidx[i] is not None else 0))
-        if len(set(y[rows].tolist())) != 1:
-            raise DataError(f"{path}: clip {c!r} has frames with different labels")
-        # T frames spread evenly over the clip; short clips repeat frames (AffectFusion's sampling)
-        pick = np.linspace(0, len(rows) - 1, t).round().astype(int)
-        groups.append([rows[k] for k in pick])
-        labels.append(int(y[rows[0]]))
-        ids.append(c)
-    return groups, np.asarray(labels, dtype=np.int64), ids
+    try:
+        clips = sample_clips(clip, table.column("frame_index").to_pylist(), y, frames or 16)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    return ([pick for _, _, pick in clips], np.asarray([int(y[rows[0]]) for _, rows, _ in clips], dtype=np.int64),
+            [c for c, _, _ in clips])
 
 
 def _memory_budget() -> int:
@@ -325,82 +336,26 @@ def _decode_all(items: list, pre: Preprocess, kind: str, workers: int):
     return torch.cat(parts)
 
 
-def feature_sources(path: str | Path, role: str) -> list[Path]:
-    """The feature file given for training, plus its *_val sibling for the val split
-    (`pipeline embed` writes one file per manifest: demo_train_minilm -> demo_val_minilm)."""
+def read_split_features(path: str | Path, role: str, sample_ids: list[str], tokens: bool = False):
+    """`features.encoders.read_features` for one split: the feature file given for training, or
+    for the val split its *_val sibling when there is one (`pipeline embed` writes one file per
+    manifest: demo_train_minilm -> demo_val_minilm). The file's `features_meta` is checked, as
+    `train eval` checks it.
+
+    Returns (vectors (N, D) float32, tokens (N, L, D) float32 or None, mask (N, L) bool or None),
+    rows in `sample_ids` order; tokens only when asked and the file holds them. A missing,
+    foreign or short file is a DataError naming it and the `pipeline embed` run that makes it."""
+    from features.encoders import FeatureFileError, features_meta, read_features
+
     p = Path(path)
-    sib = sibling_val(p) if role == "val" else None
-    return [p] + ([sib] if sib is not None and sib != p else [])
-
-
-def read_feature_file(paths: str | Path | list, sample_ids: list[str]):
-    """Feature file(s) (sample_id, vector[, tokens, token_mask]) -> arrays aligned with sample_ids.
-
-    Returns (vectors (N,D) float32, tokens (N,L,D) float32 or None, mask (N,L) bool or None).
-    Columns are converted through Arrow's flat buffers, never Python lists: token matrices of
-    a whole dataset are gigabytes.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
-    tables = []
-    for path in paths:
-        if not path.exists():
-            raise DataError(f"feature file {path} does not exist; write it with `pipeline embed`")
-        try:
-            names = pq.read_schema(path).names
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
-            raise DataError(f"feature file {path} is not a readable Parquet file ({e})") from None
-        if "sample_id" not in names or "vector" not in names:
-            raise DataError(f"feature file {path} lacks the columns sample_id and vector (it has "
-                            f"{names}); write it with `pipeline embed`")
-        cols = ["sample_id", "vector"] + [c for c in ("tokens", "token_mask") if c in names]
-        tables.append(pq.read_table(path, columns=cols).replace_schema_metadata(None))
+    p = (sibling_val(p) if role == "val" else None) or p
     try:
-        t = pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowInvalid as e:
-        raise DataError(f"feature files {[str(p) for p in paths]} do not stack: {e}") from None
-    pos = {s: i for i, s in enumerate(t.column("sample_id").to_pylist())}
-    missing = [s for s in sample_ids if s not in pos]
-    if missing:
-        raise DataError(
-            f"feature file {', '.join(map(str, paths))} does not cover the manifest: {len(missing)} of "
-            f"{len(sample_ids)} rows have no features (first: {missing[:3]}). Re-run `pipeline embed` "
-            "on this manifest (after any stage that added or replaced rows)")
-    t = t.take(pa.array([pos[s] for s in sample_ids], type=pa.int64()))
-    vec = _matrix(t.column("vector"), paths)
-    tokens = mask = None
-    if "tokens" in t.column_names and t.column("tokens").null_count == 0:
-        tok = t.column("tokens").combine_chunks()
-        if _uniform(tok):
-            rows = _matrix(tok.flatten(), paths)
-            tokens = rows.reshape(len(t), -1, rows.shape[1])
-        else:
-            raise DataError(f"feature file {paths[0]}: token sequences have different lengths; write "
-                            "them padded to one length (`pipeline embed` does)")
-        if "token_mask" in t.column_names and t.column("token_mask").null_count == 0:
-            mask = _matrix(t.column("token_mask"), paths).astype(bool)
-        else:
-            mask = np.ones(tokens.shape[:2], dtype=bool)
-    return vec, tokens, mask
-
-
-def _uniform(arr) -> bool:
-    lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
-    return bool(lengths.size == 0 or (lengths == lengths[0]).all())
-
-
-def _matrix(col, paths) -> np.ndarray:
-    """A list<number> column of equal-length rows -> (N, D) float32 array."""
-    import pyarrow as pa
-
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if not _uniform(arr):
-        raise DataError(f"feature file {paths[0]}: vectors have different lengths")
-    n = len(arr)
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(n, -1) if n else flat.reshape(0, 0)
+        vec = read_features(p, sample_ids)
+        if not (tokens and features_meta(p).get("tokens")):
+            return vec, None, None
+        return vec, read_features(p, sample_ids, "tokens"), read_features(p, sample_ids, "token_mask").astype(bool)
+    except FeatureFileError as e:
+        raise DataError(str(e)) from None
 
 
 # ---- batching ----------------------------------------------------------------------------
@@ -484,5 +439,5 @@ def input_spec_for(model, preprocess: Preprocess | None = None, frames: int | No
 
 
 __all__ = ["DataError", "ManifestError", "InputSpec", "SplitData", "load_split", "BatchLoader",
-           "read_feature_file", "shard", "epoch_permutation", "class_weights", "sibling_val",
+           "read_split_features", "sample_clips", "shard", "epoch_permutation", "class_weights", "sibling_val",
            "input_spec_for"]

@@ -187,21 +187,19 @@ def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool
 
 def clip_rows(rows: Rows, frames: int) -> Rows:
     """Frame rows -> one row per clip_id holding `frames` frames spread evenly over the clip
-    (short clips repeat frames), the sampling the trainer uses (train/data.py, AffectFusion).
+    (short clips repeat frames): the trainer's sampler, `train.data.sample_clips`.
 
     A clip counts as leaked when any of its frames is; its sample_id is its first frame's, which
     is how the trainer keys a clip's text features.
     """
-    order: dict = {}
-    for i, c in enumerate(rows.groups):
-        order.setdefault(c, []).append(i)
-    fidx = rows.frame_index or [0] * len(rows.targets)
+    from train.data import DataError, sample_clips
+
+    try:
+        clips = sample_clips(rows.groups, rows.frame_index, rows.targets, frames)
+    except DataError as e:
+        raise EvalError(f"{e}; a clip has one label") from None
     ids, images, targets, leak, orig = [], [], [], [], []
-    for c in sorted(order):
-        members = sorted(order[c], key=lambda i: fidx[i] if fidx[i] is not None else 0)
-        if len(set(rows.targets[members].tolist())) != 1:
-            raise EvalError(f"clip {c!r} has frames with different labels; a clip has one label")
-        pick = [members[k] for k in np.linspace(0, len(members) - 1, frames).round().astype(int)]
+    for _, members, pick in clips:
         ids.append(rows.sample_ids[members[0]])
         images.append([rows.images[i] for i in pick] if rows.images else None)
         targets.append(int(rows.targets[members[0]]))

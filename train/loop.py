@@ -1,5 +1,10 @@
 """The training loop: small functions (torchvision's references style) and `fit`, which wires
-them together for one run: data, model, optimiser, epochs, validation, checkpoints, resume.
+them together for one run.
+
+`prepare_run` reads and builds everything once (manifests, label set, model, data, loss,
+teacher, checkpoint sidecar with the whole TrainConfig in it); `fit` is the epoch loop:
+`next_phase` (a model that unfreezes), `train_one_epoch`, `validate`, `end_epoch` (schedule,
+best epoch, checkpoints, resume state, logs).
 
 Quiet by design: `fit` reports through an optional `progress(event: dict)` callback; the CLI
 turns the events into a rich display.
@@ -7,7 +12,6 @@ turns the events into a rich display.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -209,13 +213,11 @@ def step_scheduler(sched, metric: float | None) -> None:
 
 
 def autocast(device: str, amp: bool, dtype: str):
-    import torch
+    """--amp through features.device.autocast: fp16 only on CUDA (with its GradScaler), else bf16."""
+    from features.device import autocast as device_autocast
 
-    if not amp:
-        return contextlib.nullcontext()
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    dt = torch.float16 if (dtype == "fp16" and kind == "cuda") else torch.bfloat16
-    return torch.autocast(kind, dtype=dt)
+    fp16 = dtype == "fp16" and device.startswith("cuda")
+    return device_autocast(device, ("fp16" if fp16 else "bf16") if amp else None)
 
 
 @dataclass
