@@ -1,13 +1,15 @@
-"""Every number in the README's checked result tables comes from a committed JSON file.
+"""Every number in the checked result tables comes from a committed JSON file, and every
+relative link in README.md and docs/ leads to a file that exists.
 
-The convention (README.md, "Measured figures"): a results table is introduced by the line
+The convention (docs/results/throughput.md): a results table is introduced by the line
 `<!-- figures: ... -->` (FIGURES_MARKER below); it has a column named "figure"; a row whose figure
 cell holds a number links, anywhere in the row, the committed `.json` / `.jsonl` file(s) that
 hold it, written by the command named in that row. Each number in the figure cell must equal a
 number in those files at the precision it is printed with (9,154 matches 9153.7; 0.82 matches
 0.818): a numeric value, or a number inside a string value (the benchmarks' notes, e.g.
 "3.92 s"). Code spans (commands) and link targets in the figure cell are not figures. A number
-that no committed file holds has no place in these tables: drop it or commit the JSON.
+that no committed file holds has no place in these tables: drop it or commit the JSON. Marked
+tables may sit in README.md or in any page under docs/; links resolve from the page's folder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# README.md and every Markdown page under docs/ (results pages included)
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 FIGURES_MARKER = "<!-- figures:"
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
 CODE = re.compile(r"`[^`]*`")
@@ -29,7 +33,7 @@ NUMBER = re.compile(r"(?<![\w.\-/])(\d{4}-\d{2}-\d{2}|(?:\d{1,3}(?:,\d{3})+|\d+)
 IN_STRING = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
-def checked_tables(text: str) -> list[list[dict]]:
+def checked_tables(text: str, name: str = "README") -> list[list[dict]]:
     """The tables that follow a FIGURES_MARKER line, as lists of {column: cell} plus '_row'."""
     lines = text.splitlines()
     tables = []
@@ -40,7 +44,7 @@ def checked_tables(text: str) -> list[list[dict]]:
         while j < len(lines) and not lines[j].strip():
             j += 1
         if j >= len(lines) or not lines[j].lstrip().startswith("|"):
-            raise AssertionError(f"README line {i + 1}: a figures marker must come right before a table")
+            raise AssertionError(f"{name} line {i + 1}: a figures marker must come right before a table")
         header = _cells(lines[j])
         rows = []
         for k in range(j + 2, len(lines)):
@@ -131,15 +135,60 @@ def problems(rows: list[dict], root: Path) -> list[str]:
     return out
 
 
-def test_readme_has_its_checked_result_tables():
-    tables = checked_tables(README.read_text())
+def _rel(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def all_checked_tables() -> list[tuple[Path, list[dict]]]:
+    """(page, table) for every marked table in README.md and docs/**/*.md."""
+    return [(p, t) for p in PAGES for t in checked_tables(p.read_text(), _rel(p))]
+
+
+def test_the_docs_have_their_checked_result_tables():
+    tables = all_checked_tables()
     assert len(tables) >= 2, "the 'Data and stages' and 'Training and scale-out' tables carry the figures marker"
-    assert sum(1 for t in tables for r in t if figures(r.get("figure", ""))) >= 8
+    assert sum(1 for _, t in tables for r in t if figures(r.get("figure", ""))) >= 8
 
 
-def test_every_readme_figure_is_in_its_json():
-    bad = [p for t in checked_tables(README.read_text()) for p in problems(t, ROOT)]
+def test_every_checked_figure_is_in_its_json():
+    bad = [f"{_rel(page)} {p}" for page, t in all_checked_tables() for p in problems(t, page.parent)]
     assert not bad, "\n".join(bad)
+
+
+# [text](target) and ![alt](target), optionally <target> and a "title"; code is not a link
+MD_LINK = re.compile(r"!?\[[^\]]*\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+
+
+def relative_links(text: str) -> list[str]:
+    """The link targets of a Markdown page that point into the repository (no URL, no bare #anchor),
+    outside code blocks and code spans, without their #anchor."""
+    text = CODE.sub(" ", FENCE.sub(" ", text))
+    out = []
+    for target in MD_LINK.findall(text):
+        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith("#"):
+            continue
+        out.append(target.split("#")[0])
+    return out
+
+
+def broken_links(page: Path) -> list[str]:
+    return [t for t in relative_links(page.read_text()) if not (page.parent / t).exists()]
+
+
+def test_every_relative_link_resolves():
+    bad = [f"{_rel(p)}: {t}" for p in PAGES for t in broken_links(p)]
+    assert not bad, "links to files that do not exist:\n" + "\n".join(bad)
+
+
+def test_the_link_check_fails_on_a_missing_file(tmp_path):
+    (tmp_path / "there.md").write_text("x")
+    (tmp_path / "img.png").write_bytes(b"")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](there.md#a-section) ![ok](img.png) [web](https://example.org/x) [here](#top)\n"
+                    "`[not a link](gone-in-code.md)`\n```\n[not a link](gone-in-fence.md)\n```\n"
+                    "[bad](gone.md) ![bad](sub/gone.png \"title\")\n")
+    assert broken_links(page) == ["gone.md", "sub/gone.png"]
 
 
 @pytest.fixture
