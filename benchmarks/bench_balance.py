@@ -5,7 +5,7 @@
 When that manifest does not exist yet, one is built in a temporary folder from
 ../shared/data/fer2013/train.parquet (all 28,709 training rows, no val carved out). Prints the
 seconds of each step, the rows made, and the process's peak resident memory. Target on the
-2-core CPU machine: <= 2 minutes for BorderlineSMOTE (issue 3).
+2-core CPU machine: <= 2 minutes for BorderlineSMOTE.
 """
 
 from __future__ import annotations

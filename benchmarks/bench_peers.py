@@ -348,7 +348,7 @@ def print_table(report: dict, batch: int) -> None:
     console.print(t)
 
 
-TARGET_LATENCY_RATIO = 2.0  # issue 6: higher accuracy than both peers at <= 2x their latency
+TARGET_LATENCY_RATIO = 2.0  # the peers target: higher accuracy than both peers at <= 2x their latency
 
 
 def target_check(results: list[dict], batch: int) -> list[dict]:

@@ -480,7 +480,7 @@ def test_ours_with_classes_outside_fer2013_is_refused(tmp_path):
 
 
 def test_target_check_compares_ours_with_every_peer():
-    """issue 6's target: higher accuracy (all and leak-free rows) than both peers at <= 2x
+    """The peers target: higher accuracy (all and leak-free rows) than both peers at <= 2x
     their per-image latency, at batch 1 and at the large batch; UAR reported beside."""
     bench = _bench()
 
