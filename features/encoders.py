@@ -92,24 +92,19 @@ def weights_sha256(path: str | Path, limit: int = 16) -> str:
 
 
 def _torch_device(device: str):
+    """A --device value (auto | cpu | cuda[:N]) as a torch.device, through features.device's resolver."""
     import torch
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(device)
+    from features.device import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def _amp(device):
     """fp16 autocast on a GPU; plain fp32 on CPU, where these encoders are cheap and exactness is free."""
-    import contextlib
+    from features.device import autocast
 
-    import torch
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    return autocast(str(device), "fp16" if device.type == "cuda" else None)
 
 
 # ---------------------------------------------------------------------------------- text
@@ -181,9 +176,9 @@ def resolve_weights(spec: EncoderSpec | str) -> tuple[str, Path]:
     files = ("config.json", "tokenizer_config.json")
     if weights in _LEGACY_IDS and not Path(weights).exists():
         # A pre-namespace hub id: the cache may hold it under either name.
-        from features.hub import _cached_snapshot
+        from features.hub import cached_snapshot
 
-        snap = _cached_snapshot(weights, files)
+        snap = cached_snapshot(weights, files)
         return weights, snap if snap is not None else resolve(_LEGACY_IDS[weights], f"text encoder {spec.name}", files)
     return weights, resolve(weights, f"text encoder {spec.name}", files=files)
 
@@ -206,7 +201,7 @@ def load_text_encoder(spec: EncoderSpec | str) -> TextEncoder:
         raise KeyError(f"{spec.name!r} is an image encoder; text encoders: {', '.join(TEXT_ENCODERS)}")
     d = TEXT_ENCODERS[spec.name]
     weights, path = resolve_weights(spec)
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoModel, AutoTokenizer
 
     device = _torch_device(spec.device)
@@ -219,8 +214,9 @@ def load_text_encoder(spec: EncoderSpec | str) -> TextEncoder:
     return TextEncoder(spec.name, weights, path, d.pooling, d.normalize, spec.max_length, model, tok, device, dim)
 
 
-def _quiet_transformers() -> None:
-    # Library code stays quiet: transformers otherwise draws its own bars while loading weights.
+def quiet_transformers() -> None:
+    """Turn off transformers' own progress bars (library code stays quiet: bars only at the CLI edge).
+    The one copy: features.blip uses it too."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -257,7 +253,7 @@ def _load_clip(spec: EncoderSpec, device) -> ImageEncoder:
     import torch
 
     weights, path = resolve_weights(spec)
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from features.weights import from_pretrained  # a bad weights file: one line naming it

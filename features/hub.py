@@ -37,7 +37,7 @@ def resolve(spec: str, what: str, files: tuple[str, ...] = ("config.json",)) -> 
                                       "`save_pretrained` folder or a hub snapshot")
         return p
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        snap = _cached_snapshot(spec, files)
+        snap = cached_snapshot(spec, files)
         if snap is not None:
             return snap
         raise WeightsNotFound(
@@ -50,7 +50,8 @@ def resolve(spec: str, what: str, files: tuple[str, ...] = ("config.json",)) -> 
                           "the path where it is.")
 
 
-def _cached_snapshot(repo_id: str, files: tuple[str, ...]) -> Path | None:
+def cached_snapshot(repo_id: str, files: tuple[str, ...]) -> Path | None:
+    """The newest snapshot of `repo_id` in the HF cache that holds all `files`, or None."""
     root = hf_cache_dir() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     if not root.is_dir():
         return None
@@ -97,7 +98,7 @@ class WeightFile:
     def path(self) -> Path | None:
         """The local file when present, else None."""
         if self.kind == "hf":
-            snap = _cached_snapshot(self.where, ("config.json",))
+            snap = cached_snapshot(self.where, ("config.json",))
             if snap is None:
                 return None
             for f in ("model.safetensors", "pytorch_model.bin"):
@@ -137,6 +138,8 @@ def catalogue() -> list[WeightFile]:
     """Every pretrained file affectlab can read, in the order `pipeline weights` lists them."""
     wd, tc = str(weights_dir()), str(torch_checkpoints_dir())
     hf = "on a machine with network: `huggingface-cli download {}`, then copy the HF cache here"
+    # The BLIP ids are features.blip's CAPTION_MODEL / VQA_MODEL, spelled out because features.blip
+    # imports this module (tests/test_caption.py checks they agree).
     out = [
         WeightFile("BLIP captioning", "pipeline caption, train predict --describe", "hf",
                    "Salesforce/blip-image-captioning-base", "model.safetensors",
