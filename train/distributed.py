@@ -12,6 +12,8 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from features.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,15 +31,15 @@ class DistInfo:
         return self.world > 1
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> str:
+def rank_device(pref: str, local_rank: int = 0) -> str:
+    """features.device.resolve_device (its one-line DeviceError included), then one GPU per
+    torchrun process: 'auto' or 'cuda' on a GPU machine -> cuda:{LOCAL_RANK % GPUs}."""
     import torch
 
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible to this process; use "
-                           "--device cpu (or auto)")
-    if pref in ("cuda", "auto") and torch.cuda.is_available():
+    device = resolve_device(pref)
+    if device == "cuda":
         return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return "cpu"
+    return device
 
 
 def init_from_env(device_pref: str = "auto") -> DistInfo:
@@ -48,7 +50,7 @@ def init_from_env(device_pref: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_pref, local_rank)
+    device = rank_device(device_pref, local_rank)
     if world > 1 and not dist.is_initialized():
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
