@@ -77,9 +77,10 @@ class _NoText:
 
 def batched(model, proc, imgs, tokens: int, batch: int, dtype: str) -> None:
     """The stage's own function (pipeline.caption.caption_images) over batches."""
-    from pipeline.caption import Blip, CaptionConfig, caption_images
+    from features.blip import Blip
+    from pipeline.caption import CaptionConfig, caption_images
 
-    blip = Blip(model, _NoText(proc), None, "random-base", "")
+    blip = Blip(model, _NoText(proc), None, "random-base")
     cfg = CaptionConfig(max_new_tokens=tokens, min_new_tokens=tokens, dtype=dtype)
     for i in range(0, len(imgs), batch):
         caption_images(blip, imgs[i:i + batch], cfg, "cpu")

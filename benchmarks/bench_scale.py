@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.manifest import read_manifest, write_manifest  # noqa: E402
 from pipeline.enhance import EnhanceStage  # noqa: E402
-from pipeline.runner import RayConfig, RunConfig, run_stage  # noqa: E402
+from pipeline.parts import RayConfig, RunConfig  # noqa: E402
+from pipeline.runner import run_stage  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
-DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
+from features.blip import CAPTION_MODEL, VQA_MODEL, WHAT, Blip, load_blip
+from features.device import autocast
+from pipeline.stage import oom_retry, set_columns
+
 # The XAI seed asks BLIP-VQA about the mouth, the eyes and the expression; the brief adds brows.
 DEFAULT_QUESTIONS = (
     "what is the state of the mouth?",
@@ -55,12 +57,12 @@ class CaptionError(RuntimeError):
 
 @dataclass(frozen=True)
 class CaptionConfig:
-    model: str = DEFAULT_MODEL
+    model: str = CAPTION_MODEL
     beams: int = 1
     max_new_tokens: int = 30
     min_new_tokens: int = 0
     vqa: bool = False
-    vqa_model: str = DEFAULT_VQA_MODEL
+    vqa_model: str = VQA_MODEL
     questions: tuple[str, ...] = DEFAULT_QUESTIONS
     vqa_max_new_tokens: int = 10
     dtype: str = "auto"   # autocast: auto (bf16 on CPU and GPU where supported), bf16, fp16, fp32
@@ -79,45 +81,7 @@ def generation_kwargs(beams: int, max_new_tokens: int, min_new_tokens: int = 0) 
             "min_new_tokens": min_new_tokens}
 
 
-# ------------------------------------------------------------------------- model loading
-
-
-@dataclass
-class Blip:
-    model: Any
-    processor: Any
-    path: Any
-    spec: str
-    sha256: str
-
-
-def load_blip(spec: str, task: str = "caption", device: str = "cpu") -> Blip:
-    """A BLIP captioner (`task="caption"`) or BLIP-VQA model from an HF id in the cache or a folder."""
-    from features.encoders import weights_sha256
-    from features.hub import WeightsNotFound, resolve
-
-    what = {"caption": "BLIP captioning model", "vqa": "BLIP-VQA model"}[task]
-    path = resolve(spec, what, files=("config.json",))
-    if not any((path / f).exists() for f in ("preprocessor_config.json", "processor_config.json")):
-        # hub snapshots carry preprocessor_config.json; transformers 5's save_pretrained, processor_config.json
-        raise WeightsNotFound(f"{what}: {path} has the model but no processor (preprocessor_config.json); "
-                              "save the BlipProcessor into the same folder")
-    _quiet_transformers()
-    from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
-
-    cls = BlipForConditionalGeneration if task == "caption" else BlipForQuestionAnswering
-    processor = BlipProcessor.from_pretrained(path, local_files_only=True)
-    from features.weights import from_pretrained  # a bad weights file: one line naming it
-
-    model = from_pretrained(cls, path, what).to(device).eval()
-    return Blip(model, processor, path, spec, weights_sha256(path))
-
-
-def _quiet_transformers() -> None:
-    # Library code stays quiet: transformers otherwise draws its own bars while loading weights.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+# ------------------------------------------------------------------------- model helpers
 
 
 def _pixels(blip: Blip, images: Sequence[np.ndarray], device: str):
@@ -139,10 +103,8 @@ def caption_images(blip: Blip, images: Sequence[np.ndarray], cfg: CaptionConfig 
     """uint8 images (grey or RGB, any size) -> one caption each, from the pixels only."""
     import torch
 
-    from pipeline.runner import autocast_context
-
     pix = _pixels(blip, images, device)
-    with torch.inference_mode(), autocast_context(device, cfg.dtype):
+    with torch.inference_mode(), autocast(device, cfg.dtype):
         out = blip.model.generate(pixel_values=pix, **generation_kwargs(cfg.beams, cfg.max_new_tokens,
                                                                         cfg.min_new_tokens))
     return _decode(blip, out)
@@ -159,14 +121,12 @@ def answer_questions(blip: Blip, images: Sequence[np.ndarray], questions: Sequen
     """
     import torch
 
-    from pipeline.runner import autocast_context
-
     m = blip.model
     tok = blip.processor.tokenizer
     pix = _pixels(blip, images, device)
     gen = generation_kwargs(cfg.beams, cfg.vqa_max_new_tokens)
     answers: list[list[str]] = [[] for _ in images]
-    with torch.inference_mode(), autocast_context(device, cfg.dtype):
+    with torch.inference_mode(), autocast(device, cfg.dtype):
         image_embeds = m.vision_model(pixel_values=pix)[0]
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         for q in questions:
@@ -256,9 +216,8 @@ class CaptionStage:
             from features.encoders import weights_sha256
             from features.hub import resolve
 
-            spec, what = ((self.cfg.model, "BLIP captioning model") if which == "caption"
-                          else (self.cfg.vqa_model, "BLIP-VQA model"))
-            self._sha[which] = weights_sha256(resolve(spec, what, files=("config.json",)))
+            spec = self.cfg.model if which == "caption" else self.cfg.vqa_model
+            self._sha[which] = weights_sha256(resolve(spec, WHAT[which], files=("config.json",)))
         return self._sha[which]
 
     def caption_settings(self) -> dict:
@@ -284,7 +243,6 @@ class CaptionStage:
 
     def process(self, batch: pa.Table) -> tuple[pa.Table, list[dict]]:
         from features.images import BadImage, decode
-        from pipeline.runner import oom_retry, set_columns
 
         images, keep, rejects = [], [], []
         for k, (sid, src, data) in enumerate(zip(batch.column("sample_id").to_pylist(),

@@ -1,7 +1,8 @@
 """`embed`: frozen-encoder features of a manifest's captions or images, as a feature file.
 
 The output is not a manifest but a feature file keyed by `sample_id` (see features.encoders):
-the trainer joins it with a manifest through DuckDB. Text encoders read the `caption` column
+`train run` and `train eval` look its vectors up by the manifest's sample_ids, in the
+manifest's order. Text encoders read the `caption` column
 that `pipeline caption` fills; image encoders read the pixels.
 """
 
@@ -23,6 +24,7 @@ from features.encoders import (
     write_features,
 )
 from features.manifest import META_PRODUCER, ManifestError, open_manifest
+from pipeline.stage import StageError, oom_retry
 
 DTYPES = ("float16", "float32")
 
@@ -84,8 +86,6 @@ class EmbedStage:
         self._encoder = load_text_encoder(spec) if c.kind == "text" else load_image_encoder(spec)
 
     def process(self, batch: pa.Table) -> tuple[pa.Table, list[dict]]:
-        from pipeline.runner import oom_retry
-
         ids = batch.column("sample_id").to_pylist()
         srcs = batch.column("source_path").to_pylist()
         if self.cfg.kind == "text":
@@ -108,8 +108,6 @@ class EmbedStage:
 
     def _captions(self, batch: pa.Table, ids, srcs):
         if "caption" not in batch.column_names:
-            from pipeline.runner import StageError
-
             raise StageError("the manifest has no caption column; run `pipeline caption` first")
         texts, keep, rejects = [], [], []
         for k, cap in enumerate(batch.column("caption").to_pylist()):
@@ -168,7 +166,8 @@ def _concat(parts: list) -> Any:
 
 def embed(in_path: str | Path, out_path: str | Path, cfg: EmbedConfig, run_cfg=None, progress=None):
     """Library entry point: check the input, run the stage through the resumable runner."""
-    from pipeline.runner import RunConfig, run_stage
+    from pipeline.parts import RunConfig
+    from pipeline.runner import run_stage
 
     check_input(in_path, cfg)
     stage = EmbedStage(cfg, source=str(in_path))

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from features.device import autocast
 from features.hub import WeightsNotFound
 from features.manifest import file_sha256
-from pipeline.runner import StageError, autocast_context, decode_batch, replace_images, set_columns
+from pipeline.stage import StageError, decode_batch, replace_images, set_columns
 
 SR_OFFICIAL = {
     "real_sr x4 large": "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth",
@@ -249,7 +250,7 @@ class EnhanceStage:
         model = self._models["sr"]
         grey_in = x.shape[1] == 1
         inp = x.repeat(1, 3, 1, 1) if grey_in and model.input_channels == 3 else x
-        with autocast_context(self.device, None if self.precision == "fp32" else self.precision):
+        with autocast(self.device, None if self.precision == "fp32" else self.precision):
             y = tiled(lambda t: model.model(t).float(), inp, self.scale, self.tile, self.overlap)
         y = y.clamp(0, 1)
         return y.mean(1, keepdim=True) if grey_in else y
@@ -263,7 +264,7 @@ class EnhanceStage:
         if kind == "gray2rgb":
             return x
         idx = [i for i, g in enumerate(grey_rows) if g]
-        with autocast_context(self.device, None if self.precision == "fp32" else self.precision):
+        with autocast(self.device, None if self.precision == "fp32" else self.precision):
             coloured = ddcolor_batch(self._models["color"], x[idx, :1])
         x = x.clone()
         x[idx] = coloured.float()

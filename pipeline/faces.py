@@ -18,7 +18,7 @@ import pyarrow as pa
 from features.faces import BACKENDS, FaceError, crop_face, detect_faces, retinaface_weights
 from features.images import BadImage, decode
 from features.manifest import file_sha256
-from pipeline.runner import StageError, replace_images, set_columns
+from pipeline.stage import StageError, replace_images, set_columns
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Run a row-to-row stage on Ray Data: the same stage object, the same parts, the same answer.
 
 How it stays identical to the local executor: the driver plans the batches exactly as
-`run_stage` does (deterministic, content-addressed keys) and skips those already on disk.
+`run_stage` does, through the same pipeline/parts.py (deterministic, content-addressed keys),
+and skips those already on disk.
 Ray then reads the manifest (`ray.data.read_parquet`), tags each row with its planned batch,
 groups by that tag and maps each group through `_StageActor`, a callable class that loads the
 model once per actor and writes the batch's part file atomically under the same key the local
@@ -23,18 +24,18 @@ import pyarrow as pa
 
 from features.manifest import open_manifest, read_manifest
 from features.schema import groups_of
-from pipeline.runner import (
+from pipeline.parts import (
     RayConfig,
     RunConfig,
-    Stage,
-    StageError,
-    _bind_device,
-    _normalise,
-    _read_part,
-    _write_part,
     batch_key,
+    bind_device,
+    normalise,
+    part_path,
     plan_batches,
+    read_part,
+    write_part,
 )
+from pipeline.stage import Stage, StageError
 
 INSTALL_HINT = ("--executor ray needs the optional Ray extra: `pip install 'affectlab[ray]'` "
                 "(or `make setup-ray`), then run the command again")
@@ -72,7 +73,7 @@ class _StageActor:
         self.stage_dir = Path(stage_dir)
         self.in_groups = in_groups
         self.expected = expected
-        _bind_device(stage, device)
+        bind_device(stage, device)
         stage.setup()
 
     def __call__(self, group: pa.Table) -> pa.Table:
@@ -83,10 +84,10 @@ class _StageActor:
         if key not in self.expected:
             # the group does not reproduce a planned batch: refuse rather than write a part no one reads
             raise StageError(f"Ray group does not match a planned batch (key {key[:12]})")
-        part = self.stage_dir / f"{key}.parquet"
-        if _read_part(part) is None:  # a retried task may find its part already written
+        part = part_path(self.stage_dir, key)
+        if read_part(part) is None:  # a retried task may find its part already written
             out, rejects = self.stage.process(batch)
-            _write_part(part, _normalise(self.stage, out, self.in_groups), rejects)
+            write_part(part, normalise(self.stage, out, self.in_groups), rejects)
         return pa.table({"key": [key], "rows": [batch.num_rows]})
 
 
@@ -109,7 +110,7 @@ def compute_parts(stage: Stage, in_path: str | Path, stage_dir: str | Path, cfg:
     for i, batch in enumerate(plan_batches(meta, cfg.batch_size, cfg.shard)):
         n_batches += 1
         key = batch_key(stage, batch)  # batch_key ignores the image column, so meta rows give the same key
-        if _read_part(stage_dir / f"{key}.parquet") is None:
+        if read_part(part_path(stage_dir, key)) is None:
             keys.add(key)
             pending.update({sid: i for sid in batch.column("sample_id").to_pylist()})
     if not pending:

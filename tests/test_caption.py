@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from features.blip import load_blip
 from features.manifest import producer_of, read_manifest
 from pipeline.caption import (
     CaptionConfig,
@@ -25,10 +26,10 @@ from pipeline.caption import (
     caption_images,
     emotion_word_report,
     emotion_words,
-    load_blip,
 )
 from pipeline.cli import app
-from pipeline.runner import RunConfig, run_stage
+from pipeline.parts import RunConfig
+from pipeline.runner import run_stage
 from tiny_models import tiny_blip_captioner, tiny_blip_vqa, write_face_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +205,8 @@ import sys, time
 import torch
 torch.set_num_threads(1)
 from pipeline.caption import CaptionConfig, CaptionStage
-from pipeline.runner import RunConfig, run_stage
+from pipeline.parts import RunConfig
+from pipeline.runner import run_stage
 
 class SlowCaption(CaptionStage):      # sleeps between batches so the test can kill it mid-run
     def process(self, batch):
@@ -247,3 +249,19 @@ def test_resume_after_sigkill_gives_identical_output(models, tmp_path):
     assert resumed.equals(uninterrupted)
     assert all(p.stat().st_mtime_ns == t for p, t in parts.items())  # finished batches were reused, not redone
     assert len(list((work / "caption").glob("*.parquet"))) == 6
+
+
+def test_blip_ids_are_one_set_of_defaults():
+    """The command, the stage, train predict --describe and `pipeline weights` name the same BLIP ids."""
+    import inspect
+
+    from features import blip, hub
+    from pipeline.commands import caption as caption_command
+    from train.predict import PredictConfig
+
+    where = {w.name: w.where for w in hub.catalogue()}
+    assert (where["BLIP captioning"], where["BLIP-VQA"]) == (blip.CAPTION_MODEL, blip.VQA_MODEL)
+    assert (CaptionConfig().model, CaptionConfig().vqa_model) == (blip.CAPTION_MODEL, blip.VQA_MODEL)
+    assert (PredictConfig().caption_model, PredictConfig().vqa_model) == (blip.CAPTION_MODEL, blip.VQA_MODEL)
+    params = inspect.signature(caption_command.command).parameters
+    assert (params["model"].default, params["vqa_model"].default) == (blip.CAPTION_MODEL, blip.VQA_MODEL)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features import encoders as E
+from features import encoders
 from features.manifest import META_PRODUCER, read_manifest
 from pipeline.cli import app
 from pipeline.runner import merge_shards
@@ -44,15 +44,15 @@ def test_minilm_caption_features(tmp_path):
     out = tmp_path / "minilm.parquet"
     res = _embed("--in", src, "--out", out, "--encoder", "minilm", "--batch-size", 4)
     assert res.exit_code == 0, res.output
-    meta = E.features_meta(out)
+    meta = encoders.features_meta(out)
     assert (meta["encoder"], meta["dim"], meta["dtype"], meta["rows"], meta["kind"]) == ("minilm", 384, "float16", 9,
                                                                                           "text")
     assert meta["source_manifest"] == str(src) and len(meta["weights_sha256"]) == 16
     assert json.loads(pq.read_schema(out).metadata[META_PRODUCER])["stage"] == "embed"
     ids = _ids(src)[::-1]
-    got = E.read_features(out, ids)
+    got = encoders.read_features(out, ids)
     caps = dict(zip(_ids(src), read_manifest(src)[0].column("caption").to_pylist()))
-    ref = E.load_text_encoder("minilm").encode([caps[i] for i in ids]).vectors
+    ref = encoders.load_text_encoder("minilm").encode([caps[i] for i in ids]).vectors
     assert got.shape == (9, 384)
     assert np.abs(got - ref).max() < 1e-3   # float16 storage of unit vectors
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
@@ -68,12 +68,12 @@ def test_distilbert_tokens_float32_exact(tmp_path):
     assert res.exit_code == 0, res.output
     ids = _ids(src)
     caps = dict(zip(ids, read_manifest(src)[0].column("caption").to_pylist()))
-    enc = E.load_text_encoder(E.EncoderSpec("distilbert", str(weights), max_length=12)).encode(
+    enc = encoders.load_text_encoder(encoders.EncoderSpec("distilbert", str(weights), max_length=12)).encode(
         [caps[i] for i in ids], tokens=True)
-    assert np.allclose(E.read_features(out, ids), enc.vectors, atol=1e-6)
-    assert np.allclose(E.read_features(out, ids, column="tokens"), enc.tokens, atol=1e-6)
-    assert E.read_features(out, ids, column="token_mask").tolist() == enc.mask.tolist()
-    assert E.features_meta(out)["tokens"] is True and E.features_meta(out)["pooling"] == "cls"
+    assert np.allclose(encoders.read_features(out, ids), enc.vectors, atol=1e-6)
+    assert np.allclose(encoders.read_features(out, ids, column="tokens"), enc.tokens, atol=1e-6)
+    assert encoders.read_features(out, ids, column="token_mask").tolist() == enc.mask.tolist()
+    assert encoders.features_meta(out)["tokens"] is True and encoders.features_meta(out)["pooling"] == "cls"
 
 
 def test_image_encoders(tmp_path):
@@ -81,16 +81,16 @@ def test_image_encoders(tmp_path):
     clip = tiny_clip_vision(tmp_path / "clip")
     res = _embed("--in", src, "--out", tmp_path / "clip.parquet", "--encoder", "clip", "--weights", clip)
     assert res.exit_code == 0, res.output
-    assert E.read_features(tmp_path / "clip.parquet", _ids(src)).shape == (6, 16)
+    assert encoders.read_features(tmp_path / "clip.parquet", _ids(src)).shape == (6, 16)
     r18 = random_resnet18(tmp_path / "r18.pth")
     res = _embed("--in", src, "--out", tmp_path / "r18.parquet", "--encoder", "resnet18", "--weights", r18,
                  "--dtype", "float32")
     assert res.exit_code == 0, res.output
-    v = E.read_features(tmp_path / "r18.parquet", _ids(src))
+    v = encoders.read_features(tmp_path / "r18.parquet", _ids(src))
     from features.images import decode
 
     imgs = [decode(b)[0] for b in read_manifest(src)[0].column("image").to_pylist()]
-    ref = E.load_image_encoder(E.EncoderSpec("resnet18", str(r18))).encode(imgs)
+    ref = encoders.load_image_encoder(encoders.EncoderSpec("resnet18", str(r18))).encode(imgs)
     assert v.shape == (6, 512) and np.allclose(v, ref, atol=1e-4)
 
 
@@ -114,8 +114,8 @@ def test_rows_without_captions_are_rejected_not_dropped_silently(tmp_path):
     rejects = [json.loads(line) for line in (tmp_path / "o.rejects.jsonl").read_text().splitlines()]
     assert [r["sample_id"] for r in rejects] == [rows[1]["sample_id"]]
     assert all("no caption" in r["reason"] for r in rejects)
-    with pytest.raises(E.FeatureFileError, match="lacks 1 of the 1 rows"):
-        E.read_features(out, [rows[1]["sample_id"]])
+    with pytest.raises(encoders.FeatureFileError, match="lacks 1 of the 1 rows"):
+        encoders.read_features(out, [rows[1]["sample_id"]])
 
 
 def test_missing_weights_and_bad_options(tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_shards_merge_to_the_unsharded_file(tmp_path):
     merge_shards([tmp_path / f"sh.shard-{i}-of-2.parquet" for i in range(2)], tmp_path / "merged.parquet",
                  check_in=src)
     ids = _ids(src)
-    a = E.read_features(tmp_path / "all.parquet", ids)
-    b = E.read_features(tmp_path / "merged.parquet", ids)
+    a = encoders.read_features(tmp_path / "all.parquet", ids)
+    b = encoders.read_features(tmp_path / "merged.parquet", ids)
     assert np.abs(a - b).max() < 1e-3  # batches differ between the runs, so padding lengths may too
-    assert E.features_meta(tmp_path / "merged.parquet")["encoder"] == "minilm"
+    assert encoders.features_meta(tmp_path / "merged.parquet")["encoder"] == "minilm"

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.runner import RayConfig, RunConfig, StageError, run_stage
+from pipeline.parts import RayConfig, RunConfig
+from pipeline.runner import run_stage
+from pipeline.stage import StageError
 from test_runner import make_manifest
 
 pytestmark = pytest.mark.ray
@@ -48,7 +50,7 @@ class InvertStage:
             Path(self.pid_dir, f"{os.getpid()}.pid").write_text("")
 
     def process(self, batch: pa.Table):
-        from pipeline.runner import decode_batch, replace_images
+        from pipeline.stage import decode_batch, replace_images
 
         time.sleep(self.delay)
         arrays = [255 - a for a in decode_batch(batch)]

@@ -18,22 +18,10 @@ import pytest
 from features.images import encode, pixel_hash
 from features.labels import get_label_set
 from features.manifest import ManifestError, read_manifest, sample_id, to_table, write_manifest
-from pipeline.runner import (
-    RunConfig,
-    Stage,
-    StageError,
-    batch_key,
-    decode_batch,
-    merge_shards,
-    oom_retry,
-    parse_shard,
-    plan_batches,
-    replace_images,
-    resolve_device,
-    run_stage,
-    set_columns,
-    shard_of,
-)
+from features.device import resolve_device
+from pipeline.parts import RunConfig, batch_key, parse_shard, plan_batches, shard_of
+from pipeline.runner import merge_shards, run_stage
+from pipeline.stage import Stage, StageError, decode_batch, oom_retry, replace_images, set_columns
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +143,8 @@ import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from pathlib import Path
 from test_runner import InvertStage
-from pipeline.runner import RunConfig, run_stage
+from pipeline.parts import RunConfig
+from pipeline.runner import run_stage
 run_stage(InvertStage(sleep=0.4), Path({src!r}), Path({out!r}), RunConfig(batch_size=3))
 """
 

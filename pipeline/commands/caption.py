@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import _options as _o
-
-_MODEL = "Salesforce/blip-image-captioning-base"
-_VQA_MODEL = "Salesforce/blip-vqa-base"
+from features.blip import CAPTION_MODEL, VQA_MODEL
+from pipeline.commands import options
 
 
 def parse_questions(text: str | None) -> tuple[str, ...] | None:
@@ -26,37 +24,37 @@ def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Output manifest: the input rows plus caption (and vqa) columns.")],
     model: Annotated[str, typer.Option("--model", help="BLIP captioner: HF id in the local cache, or a "
-                                       "save_pretrained folder.")] = _MODEL,
+                                       "save_pretrained folder.")] = CAPTION_MODEL,
     beams: Annotated[int, typer.Option("--beams", min=1, help="1 = greedy; >1 = beam search.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 30,
     min_new_tokens: Annotated[int, typer.Option("--min-new-tokens", min=0)] = 0,
     vqa: Annotated[bool, typer.Option("--vqa/--no-vqa", help="Also ask BLIP-VQA the questions (~1 extra "
                                       "decode per question).")] = False,
-    vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA: HF id or folder.")] = _VQA_MODEL,
+    vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA: HF id or folder.")] = VQA_MODEL,
     questions: Annotated[str | None, typer.Option("--questions", help="A file (one a line) or 'q1;q2'. "
                                                   "Default: mouth, eyes, eyebrows, facial expression.")] = None,
     vqa_max_new_tokens: Annotated[int, typer.Option("--vqa-max-new-tokens", min=1)] = 10,
     dtype: Annotated[str, typer.Option("--dtype", help="Autocast: auto (bf16 on CPU and GPU), bf16, fp16, "
                                        "fp32.")] = "auto",
-    batch_size: _o.BatchSize = 16,
-    device: _o.Device = "auto",
-    shard: _o.Shard = None,
-    work_dir: _o.WorkDir = None,
-    clean: _o.Clean = False,
-    executor: _o.Executor = "local",
-    ray_address: _o.RayAddress = None,
-    concurrency: _o.Concurrency = 2,
-    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
+    batch_size: options.BatchSize = 16,
+    device: options.Device = "auto",
+    shard: options.Shard = None,
+    work_dir: options.WorkDir = None,
+    clean: options.Clean = False,
+    executor: options.Executor = "local",
+    ray_address: options.RayAddress = None,
+    concurrency: options.Concurrency = 2,
+    num_gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Caption every face from its pixels alone, and report per class how often captions name an emotion."""
     from rich.console import Console
 
     from pipeline.caption import DEFAULT_QUESTIONS, CaptionConfig, CaptionError, CaptionStage, format_report
-    from pipeline.runner import cli_run, make_config
+    from pipeline.commands.edge import cli_run
 
     console = Console(stderr=True, soft_wrap=True)
-    run_cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
-                          num_gpus_per_worker)
+    run_cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
+                                  concurrency, num_gpus_per_worker)
     try:
         cfg = CaptionConfig(model=model, beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                             vqa=vqa, vqa_model=vqa_model, questions=parse_questions(questions) or DEFAULT_QUESTIONS,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import _options as _o
+from pipeline.commands import options
 
 
 def command(
@@ -21,26 +21,26 @@ def command(
                                          "(text encoders, for attention fusion).")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="float16 | float32 storage.")] = "float16",
     max_length: Annotated[int, typer.Option("--max-length", min=2, help="Tokens kept per caption.")] = 64,
-    batch_size: _o.BatchSize = 64,
-    device: _o.Device = "auto",
-    shard: _o.Shard = None,
-    work_dir: _o.WorkDir = None,
-    clean: _o.Clean = False,
-    executor: _o.Executor = "local",
-    ray_address: _o.RayAddress = None,
-    concurrency: _o.Concurrency = 2,
-    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
+    batch_size: options.BatchSize = 64,
+    device: options.Device = "auto",
+    shard: options.Shard = None,
+    work_dir: options.WorkDir = None,
+    clean: options.Clean = False,
+    executor: options.Executor = "local",
+    ray_address: options.RayAddress = None,
+    concurrency: options.Concurrency = 2,
+    num_gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Embed captions (minilm, distilbert) or images (clip, resnet18) with a frozen encoder."""
     from rich.console import Console
 
     from features.manifest import ManifestError
     from pipeline.embed import EmbedConfig, EmbedStage, check_input
-    from pipeline.runner import cli_run, make_config
+    from pipeline.commands.edge import cli_run
 
     console = Console(stderr=True, soft_wrap=True)
-    run_cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
-                          num_gpus_per_worker)
+    run_cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
+                                  concurrency, num_gpus_per_worker)
     try:
         cfg = EmbedConfig(encoder=encoder, weights=weights, tokens=tokens, dtype=dtype, max_length=max_length)
         check_input(in_path, cfg)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import _options as _o
+from pipeline.commands import options
 
 
 def command(
@@ -19,23 +19,24 @@ def command(
     scale: Annotated[int, typer.Option(help="Upscaling factor (a SwinIR checkpoint fixes its own).")] = 4,
     tile: Annotated[int, typer.Option(help="SwinIR tile size in input pixels (0: whole image).")] = 256,
     precision: Annotated[str, typer.Option(help="fp32, or autocast in bf16 / fp16 / auto.")] = "fp32",
-    batch_size: _o.BatchSize = 32,
-    device: _o.Device = "auto",
-    shard: _o.Shard = None,
-    work_dir: _o.WorkDir = None,
-    clean: _o.Clean = False,
-    executor: _o.Executor = "local",
-    ray_address: _o.RayAddress = None,
-    concurrency: _o.Concurrency = 2,
-    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
+    batch_size: options.BatchSize = 32,
+    device: options.Device = "auto",
+    shard: options.Shard = None,
+    work_dir: options.WorkDir = None,
+    clean: options.Clean = False,
+    executor: options.Executor = "local",
+    ray_address: options.RayAddress = None,
+    concurrency: options.Concurrency = 2,
+    num_gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Super-resolve (bicubic or SwinIR) and colorize (gray2rgb or DDColor); provenance in the enhance columns."""
     from features.hub import WeightsNotFound
     from pipeline.enhance import EnhanceStage
-    from pipeline.runner import StageError, cli_run, make_config
+    from pipeline.commands.edge import cli_run
+    from pipeline.stage import StageError
 
-    cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
-                      num_gpus_per_worker)
+    cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
+                              concurrency, num_gpus_per_worker)
     try:
         stage = EnhanceStage(sr=sr, color=color, scale=scale, tile=tile, precision=precision)
     except (StageError, WeightsNotFound) as e:

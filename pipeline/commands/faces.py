@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import _options as _o
+from pipeline.commands import options
 
 
 def command(
@@ -23,23 +23,24 @@ def command(
     align: Annotated[bool, typer.Option("--align/--no-align", help="Level the eyes when landmarks are found.")] = True,
     no_face: Annotated[str, typer.Option("--no-face", help="drop: rows without a face go to the rejects "
                                          "report only; keep: also keep them uncropped (face_count 0).")] = "drop",
-    batch_size: _o.BatchSize = 32,
-    device: _o.Device = "auto",
-    shard: _o.Shard = None,
-    work_dir: _o.WorkDir = None,
-    clean: _o.Clean = False,
-    executor: _o.Executor = "local",
-    ray_address: _o.RayAddress = None,
-    concurrency: _o.Concurrency = 2,
-    num_gpus_per_worker: _o.GpusPerWorker = 0.0,
+    batch_size: options.BatchSize = 32,
+    device: options.Device = "auto",
+    shard: options.Shard = None,
+    work_dir: options.WorkDir = None,
+    clean: options.Clean = False,
+    executor: options.Executor = "local",
+    ray_address: options.RayAddress = None,
+    concurrency: options.Concurrency = 2,
+    num_gpus_per_worker: options.GpusPerWorker = 0.0,
 ) -> None:
     """Crop the largest face (square, padded, eyes levelled); rows with no face are reported."""
     from features.hub import WeightsNotFound
     from pipeline.faces import FaceStage
-    from pipeline.runner import StageError, cli_run, make_config
+    from pipeline.commands.edge import cli_run
+    from pipeline.stage import StageError
 
-    cfg = make_config(batch_size, shard, work_dir, device, clean, executor, ray_address, concurrency,
-                      num_gpus_per_worker)
+    cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
+                              concurrency, num_gpus_per_worker)
     try:
         stage = FaceStage(backend=backend, weights_dir=weights_dir, pad=pad, size=size or None, min_size=min_size,
                           threshold=threshold, align=align, no_face=no_face)

@@ -18,7 +18,8 @@ def command(
     from rich.console import Console
 
     from features.manifest import ManifestError
-    from pipeline.runner import StageError, merge_shards
+    from pipeline.runner import merge_shards
+    from pipeline.stage import StageError
 
     console = Console(stderr=True, soft_wrap=True)
     try:
