@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from features.blip import CAPTION_MODEL, VQA_MODEL
 from features.images import IMAGE_EXTS
 from train.api import EmotionPredictor, FacePrediction, PredictError, load_image
 
@@ -23,8 +24,6 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg",
 # The XAI seed's questions about the face (its BLIP-VQA step).
 VQA_QUESTIONS = ("What is the state of the mouth?", "What is the state of the eyes?",
                  "What are the eyebrows doing?", "What is the facial expression?")
-CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
-VQA_MODEL = "Salesforce/blip-vqa-base"
 
 
 @dataclass(frozen=True)
@@ -251,28 +250,25 @@ def score_labelled(records: Sequence[Record], class_names: Sequence[str]) -> dic
 class Describer:
     """BLIP caption and VQA answers for a face crop, from local weights only.
 
-    Loaded through transformers here (not the pipeline's caption stage: `train` never imports
+    Loaded by features.blip, the loader `pipeline caption` uses too (`train` never imports
     `pipeline`); weights resolve through features.hub, which never downloads.
     """
 
     def __init__(self, caption_model: str = CAPTION_MODEL, vqa_model: str = VQA_MODEL,
                  device: str = "cpu", questions: Sequence[str] = VQA_QUESTIONS, max_new_tokens: int = 30):
-        from features.hub import WeightsNotFound, resolve
+        from features.blip import load_blip
+        from features.hub import WeightsNotFound
 
         try:
-            self.cap_path = resolve(caption_model, "BLIP caption model (--describe)")
-            self.vqa_path = resolve(vqa_model, "BLIP-VQA model (--describe)")
+            cap = load_blip(caption_model, "caption", device, what="BLIP caption model (--describe)")
+            vqa = load_blip(vqa_model, "vqa", device, what="BLIP-VQA model (--describe)")
         except WeightsNotFound as e:
             raise PredictError(f"--describe needs BLIP weights: {e}") from None
-        from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
-
         self.device = device
         self.questions = tuple(questions)
         self.max_new_tokens = max_new_tokens
-        self.cap_proc = BlipProcessor.from_pretrained(self.cap_path)
-        self.cap_model = BlipForConditionalGeneration.from_pretrained(self.cap_path).eval().to(device)
-        self.vqa_proc = BlipProcessor.from_pretrained(self.vqa_path)
-        self.vqa_model = BlipForQuestionAnswering.from_pretrained(self.vqa_path).eval().to(device)
+        self.cap_path, self.cap_proc, self.cap_model = cap.path, cap.processor, cap.model
+        self.vqa_path, self.vqa_proc, self.vqa_model = vqa.path, vqa.processor, vqa.model
 
     def __call__(self, crop: np.ndarray) -> dict:
         import torch
