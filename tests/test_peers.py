@@ -499,3 +499,28 @@ def test_target_check_compares_ours_with_every_peer():
     assert not got["ours: slow"]["target_met"] and got["ours: slow"]["accuracy_above_both"]
     assert not got["ours: slow"]["latency_within_2x"] and not got["ours: slow"]["uar_above_both"]
     assert not got["ours: leaky"]["accuracy_above_both"] and got["ours: leaky"]["latency_within_2x"]
+
+
+def test_ferplus_manifest_drops_contempt_and_maps_the_rest(tmp_path):
+    """A FER+ test manifest (8 classes): contempt rows left out, the other 7 mapped onto FER2013's
+    index order, the private/leak flags kept row for row."""
+    from features.images import encode, pixel_hash
+    from features.labels import BASIC7, get_label_set
+    from features.manifest import sample_id, to_table, write_manifest
+
+    ls = get_label_set("ferplus")
+    labels = ["contempt", "angry", "surprise", "contempt", "neutral", "disgust"]
+    rows = []
+    for i, lab in enumerate(labels):
+        arr = np.full((48, 48), 10 * i, np.uint8)
+        rows.append(dict(sample_id=sample_id("ferplus", f"t{i}"), dataset="ferplus", split="test",
+                         orig_split=("PublicTest", "PrivateTest")[i % 2], source_path=f"t{i}", label=lab,
+                         label_id=ls.index(lab), label_set="ferplus", image=encode(arr), image_format="png",
+                         width=48, height=48, channels=1, pixel_hash=pixel_hash(arr), leak=i == 4))
+    path = write_manifest(to_table(rows), tmp_path / "ferplus_test.parquet", ls, {"test": True})
+    ts = _bench().load_from_manifest(path)
+    kept = [lab for lab in labels if lab != "contempt"]
+    assert [BASIC7[k] for k in ts.y] == kept
+    assert ts.private.tolist() == [True, False, False, True] and ts.leak.tolist() == [False, False, True, False]
+    assert [int(im[0, 0]) for im in ts.images] == [10, 20, 40, 50]
+    assert "contempt" in ts.source
