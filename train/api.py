@@ -198,10 +198,14 @@ class EmotionPredictor:
         model, sidecar = load(path)
         model = fold_batchnorm(model)  # this copy only serves predictions: BN folded into the convs
         if getattr(model, "needs_text", False) and "text" not in kw:
-            from train.text_input import CAPTION_MODEL, CaptionText
+            from features.blip import CAPTION_MODEL
+            from train.text_input import CaptionText, CaptionTextError
 
-            kw["text"] = CaptionText(sidecar, caption, caption_model or CAPTION_MODEL, text_encoder,
-                                     str(kw.get("device", "cpu")))
+            try:
+                kw["text"] = CaptionText(sidecar, caption, caption_model or CAPTION_MODEL, text_encoder,
+                                         str(kw.get("device", "cpu")))
+            except CaptionTextError as e:
+                raise PredictError(str(e)) from None
         try:
             names = class_names(sidecar)
             # a feature-input model has no image preprocessing to read

@@ -15,13 +15,17 @@ from typing import Any
 
 import numpy as np
 
-CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+from features.blip import CAPTION_MODEL
+
+
+class CaptionTextError(ValueError):
+    """No caption text for a caption-fusing model; train.api turns it into PredictError."""
 
 
 class CaptionText:
     """Face crops -> captions -> the text tensors the model was trained on.
 
-    `source` says where the captions come from (shown to the user). Raises PredictError when
+    `source` says where the captions come from (shown to the user). Raises CaptionTextError when
     neither a caption nor BLIP weights are available, or the text encoder cannot be found.
     """
 
@@ -29,7 +33,6 @@ class CaptionText:
                  text_encoder: str | None = None, device: str = "cpu"):
         from features.encoders import EncoderSpec, FeatureFileError, features_meta, load_text_encoder
         from features.hub import WeightsNotFound
-        from train.api import PredictError
 
         path = (sidecar.get("features") or {}).get("text")
         meta: dict[str, Any] = {}
@@ -37,20 +40,20 @@ class CaptionText:
             try:
                 meta = features_meta(path) if path else {}
             except FeatureFileError as e:
-                raise PredictError(f"this model fuses caption text features; its training feature file "
-                                   f"cannot tell which text encoder made them ({e}); pass "
-                                   "--text-encoder distilbert|minilm") from None
+                raise CaptionTextError(f"this model fuses caption text features; its training feature file "
+                                       f"cannot tell which text encoder made them ({e}); pass "
+                                       "--text-encoder distilbert|minilm") from None
             if not meta.get("encoder"):
-                raise PredictError("this model fuses caption text features and its sidecar names no "
-                                   "feature file; pass --text-encoder distilbert|minilm (the encoder "
-                                   "`pipeline embed` used for its training features)")
+                raise CaptionTextError("this model fuses caption text features and its sidecar names no "
+                                       "feature file; pass --text-encoder distilbert|minilm (the encoder "
+                                       "`pipeline embed` used for its training features)")
         name = text_encoder or meta["encoder"]
         weights = None if text_encoder else meta.get("weights")
         self.tokens = bool(meta.get("tokens"))
         try:
             self.encoder = load_text_encoder(EncoderSpec(name, weights, device, int(meta.get("max_length", 64))))
         except (WeightsNotFound, KeyError) as e:
-            raise PredictError(f"this model fuses caption text features; text encoder {name}: {e}") from None
+            raise CaptionTextError(f"this model fuses caption text features; text encoder {name}: {e}") from None
         self.caption = caption
         self.device = device
         self._blip = None
@@ -62,8 +65,8 @@ class CaptionText:
             try:
                 self._blip_path = resolve(caption_model, "BLIP caption model")
             except WeightsNotFound as e:
-                raise PredictError(f"this model fuses caption text features: pass --caption TEXT, or "
-                                   f"put BLIP's weights where they can be found ({e})") from None
+                raise CaptionTextError(f"this model fuses caption text features: pass --caption TEXT, or "
+                                       f"put BLIP's weights where they can be found ({e})") from None
             self.source = f"each face captioned by BLIP ({caption_model})"
         self.source += f"; embedded with {name}"
 
@@ -75,11 +78,11 @@ class CaptionText:
 
         from features.images import to_rgb
 
-        if self._blip is None:
-            from transformers import BlipForConditionalGeneration, BlipProcessor
+        if self._blip is None:  # the one BLIP loader of both apps (features/blip.py)
+            from features.blip import load_blip
 
-            self._blip = (BlipProcessor.from_pretrained(self._blip_path),
-                          BlipForConditionalGeneration.from_pretrained(self._blip_path).eval().to(self.device))
+            blip = load_blip(str(self._blip_path), "caption", self.device)
+            self._blip = (blip.processor, blip.model)
         proc, model = self._blip
         out = []
         with torch.inference_mode():
