@@ -201,13 +201,21 @@ def make_config(config_file: str | Path | None = None, recipe: str | None = None
     flags keep recipe/file/defaults). `recipe` is a name from train/recipes/ (`train recipes`);
     the config records it and the recipe file's sha256.
 
-    Raises ConfigError for a missing manifest/model, unknown keys, or a model with a loss of its
-    own (cmaen) left on the default loss: pass --loss cmaen, or another --loss on purpose."""
+    Raises ConfigError for an unknown recipe, a missing manifest/model, unknown keys (in the
+    recipe or the file), or a model with a loss of its own (cmaen) left on the default loss: pass
+    --loss cmaen, or another --loss on purpose."""
     data: dict[str, Any] = {}
     if recipe:
-        from train.recipes import load_recipe
+        from train.recipes import RecipeError, load_recipe
 
-        r = load_recipe(recipe)
+        try:
+            r = load_recipe(recipe)
+        except RecipeError as e:
+            raise ConfigError(str(e)) from None
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe", "recipe_sha256"}
+        unknown = sorted(set(r.values) - known)
+        if unknown:
+            raise ConfigError(f"recipe {r.name}: unknown key(s) {unknown}")
         data.update(r.values)
         data["recipe"], data["recipe_sha256"] = r.name, r.sha256
     file_data = read_config_file(config_file) if config_file else {}

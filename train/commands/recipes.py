@@ -13,8 +13,7 @@ def command(
     """List the seeds' recipes (`train run --recipe NAME --manifest ...`), or show one."""
     from importlib import resources
 
-    from train.config import ConfigError
-    from train.recipes import list_recipes, load_recipe
+    from train.recipes import RecipeError, list_recipes, load_recipe
 
     if name is None:
         names = list_recipes()
@@ -24,7 +23,7 @@ def command(
         return
     try:
         r = load_recipe(name)
-    except ConfigError as e:
+    except RecipeError as e:
         typer.echo(f"train recipes: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"# sha256 {r.sha256}")
