@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from features.blip import CAPTION_MODEL, VQA_MODEL
+
 
 def command(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), video files, "
@@ -35,9 +37,8 @@ def command(
                                                    "camera after this many frames.")] = None,
     describe: Annotated[bool, typer.Option("--describe", help="Add a BLIP caption and BLIP-VQA answers "
                                            "per face (needs their weights locally).")] = False,
-    caption_model: Annotated[str, typer.Option("--caption-model", help="BLIP caption id or folder.")]
-    = "Salesforce/blip-image-captioning-base",
-    vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = "Salesforce/blip-vqa-base",
+    caption_model: Annotated[str, typer.Option("--caption-model", help="BLIP caption id or folder.")] = CAPTION_MODEL,
+    vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = VQA_MODEL,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
     caption: Annotated[str | None, typer.Option("--caption", help="Caption-fusing models (miniaffectgpt): "
                                                 "this caption for every face (default: BLIP captions each face).")] = None,
