@@ -96,7 +96,9 @@ class Identity:
     noise: float
 
 
-def _identity(rng: np.random.Generator) -> Identity:
+def random_identity(rng: np.random.Generator) -> Identity:
+    """One face's nuisance parameters (shape, tones, hair, pose, light, occlusion, noise), drawn
+    from `rng`; independent of the expression."""
     occ = None
     if rng.random() < 0.25:
         w, h = rng.uniform(0.15, 0.35, size=2)
@@ -127,8 +129,9 @@ def _supersample(size: int) -> int:
     return max(1, math.ceil(192 / size))
 
 
-def _draw(ident: Identity, ex: Expression, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Render one grey face; `rng` only feeds the per-frame sensor noise."""
+def draw_face(ident: Identity, ex: Expression, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Render face `ident` making expression `ex`: a (size, size) uint8 grey image; `rng` only
+    feeds the per-frame sensor noise."""
     import cv2
 
     s = size * _supersample(size)
@@ -228,8 +231,8 @@ def synth_face(label_id: int, index: int, seed: int = 0, size: int = 48) -> np.n
     """One still face (uint8, size x size) of class CLASSES[label_id], sample number `index`."""
     _check(seed, size)
     rng = _rng(seed, _KIND_IMAGE, label_id, index)
-    ident = _identity(rng)
-    return _draw(ident, _expression(rng, CLASSES[label_id]), size, rng)
+    ident = random_identity(rng)
+    return draw_face(ident, _expression(rng, CLASSES[label_id]), size, rng)
 
 
 def synth_faces(n_per_class: int, seed: int = 0, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +254,7 @@ def synth_clip(label_id: int, index: int = 0, seed: int = 0, size: int = 48, fra
     if frames < 2:
         raise ValueError(f"a clip needs at least 2 frames, got {frames}")
     rng = _rng(seed, _KIND_CLIP, label_id, index)
-    ident = _identity(rng)
+    ident = random_identity(rng)
     apex = _expression(rng, CLASSES[label_id])
     start = rng.uniform(0.1, 0.3) * frames
     peak = rng.uniform(0.55, 0.8) * frames
@@ -263,7 +266,7 @@ def synth_clip(label_id: int, index: int = 0, seed: int = 0, size: int = 48, fra
         r = f / (frames - 1)
         moved = replace(ident, angle=ident.angle + drift[0] * r,
                         shift=(ident.shift[0] + drift[1] * r, ident.shift[1] + drift[2] * r))
-        out[f] = _draw(moved, NEUTRAL.blend(apex, t), size, rng)
+        out[f] = draw_face(moved, NEUTRAL.blend(apex, t), size, rng)
     return out
 
 

@@ -55,13 +55,13 @@ def test_each_expression_parameter_moves_its_own_part():
     height only rows above them, and the seven class prototypes all render differently."""
     from dataclasses import replace
 
-    from pipeline.synth import NEUTRAL, PROTOTYPES, Expression, _draw, _identity
+    from pipeline.synth import NEUTRAL, PROTOTYPES, Expression, draw_face, random_identity
 
-    ident = replace(_identity(np.random.default_rng(0)), angle=0.0, scale=1.0, shift=(0.0, 0.0),
+    ident = replace(random_identity(np.random.default_rng(0)), angle=0.0, scale=1.0, shift=(0.0, 0.0),
                     light_amp=0.0, occlusion=None, noise=0.0)
 
     def draw(ex):
-        return _draw(ident, ex, 48, np.random.default_rng(0)).astype(int)
+        return draw_face(ident, ex, 48, np.random.default_rng(0)).astype(int)
 
     def rows_changed(ex):
         return set(np.flatnonzero(np.abs(draw(ex) - draw(NEUTRAL)).max(1) > 30))
