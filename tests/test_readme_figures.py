@@ -155,6 +155,73 @@ def test_every_checked_figure_is_in_its_json():
     assert not bad, "\n".join(bad)
 
 
+# A grid table (several figures per row, e.g. README's "Results at a glance") is introduced by
+# `<!-- figures-grid: a.json b.json -->`, naming the committed JSON files (relative to the page)
+# that hold its numbers: every number in every cell but the first column must be one of them at
+# the printed precision; a number printed with "%" may also be a fraction (64.45 % = 0.6445).
+GRID_MARKER = re.compile(r"<!--\s*figures-grid:([^>]*)-->")
+
+
+def grid_tables(text: str) -> list[tuple[list[str], list[dict]]]:
+    """(json paths, rows) for every table after a GRID_MARKER line."""
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        m = GRID_MARKER.search(line)
+        if not m:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        header = _cells(lines[j])
+        rows = []
+        for k in range(j + 2, len(lines)):
+            if not lines[k].lstrip().startswith("|"):
+                break
+            rows.append({"cells": _cells(lines[k])[1:], "_line": k + 1, "_header": header})
+        out.append((m.group(1).split(), rows))
+    return out
+
+
+def grid_problems(paths: list[str], rows: list[dict], root: Path) -> list[str]:
+    pool, texts, out = [], [], []
+    for t in paths:
+        if not (root / t).is_file():
+            out.append(f"{t} named by a figures-grid marker does not exist")
+            continue
+        n, text = json_numbers(root / t)
+        pool += n
+        texts.append(text)
+    percent_pool = pool + [100 * v for v in pool]
+    for r in rows:
+        for cell in r["cells"]:
+            plain = LINK.sub(lambda m: m.group(1), CODE.sub(" ", cell))
+            for m in NUMBER.finditer(plain):
+                tok = m.group(1)
+                is_pct = plain[m.end():].lstrip().startswith("%")
+                # a bare number beside a percentage in the same cell ("flip 65.46", "UAR 46.5") is one too
+                pct_cell = "%" in plain
+                if not matches(tok, percent_pool if (is_pct or pct_cell) else pool, "\n".join(texts)):
+                    out.append(f"line {r['_line']}: {tok} is in none of {paths}")
+    return out
+
+
+def test_every_grid_figure_is_in_its_json():
+    grids = [(p, g) for p in PAGES for g in grid_tables(p.read_text())]
+    assert any(p == README for p, _ in grids), "README's results table carries a figures-grid marker"
+    bad = [f"{_rel(p)} {x}" for p, (paths, rows) in grids for x in grid_problems(paths, rows, p.parent)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_grid_check_fails_on_a_number_no_json_holds(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"war": 0.6445, "ms": 1.6018, "wild": 62.3}))
+    good = "| | acc | ms | wild |\n|---|---|---|---|\n| m | 64.45 % | 1.60 ms | 62.3 % |\n"
+    (paths, rows), = grid_tables("<!-- figures-grid: a.json -->\n" + good)
+    assert grid_problems(paths, rows, tmp_path) == []
+    (paths, rows), = grid_tables("<!-- figures-grid: a.json -->\n" + good.replace("62.3 %", "62.4 %"))
+    assert grid_problems(paths, rows, tmp_path) == [f"line 4: 62.4 is in none of ['a.json']"]
+
+
 # [text](target) and ![alt](target), optionally <target> and a "title"; code is not a link
 MD_LINK = re.compile(r"!?\[[^\]]*\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)

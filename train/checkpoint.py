@@ -167,7 +167,7 @@ def preprocess_of(sidecar: dict):
 # ---- the shipped model and the one loader for inference ---------------------------------
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "fer2013_ferplus_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
+DEFAULT_MODEL = "fer2013_ferplus75_vgg_small"  # train/weights/<name>.safetensors; MODEL_CARD.md says why this one
 
 
 def default_checkpoint() -> Path:
