@@ -12,6 +12,8 @@ def command(
 ) -> None:
     """List every registered model: name, input kind, text fusion, size, parameters, config."""
     import torch
+    import dataclasses
+
     from rich.console import Console
     from rich.table import Column, Table
 
@@ -25,8 +27,10 @@ def command(
         cfg = model_config(name)
         # on the meta device nothing is allocated or initialised: listing resnet101 and cmaen
         # costs milliseconds instead of seconds
+        # ... and no pretrained file is read into it (a no-op on meta tensors that warns per tensor)
+        shape_only = dataclasses.replace(cfg, pretrained=None) if hasattr(cfg, "pretrained") else cfg
         with torch.device("meta"):
-            model = build_model(cfg)
+            model = build_model(shape_only)
         params = sum(p.numel() for p in model.parameters())
         d = {k: v for k, v in config_to_dict(cfg).items() if k not in ("num_classes", "in_chans", "input_size")}
         text = ", ".join(f"{k}={v}" for k, v in d.items())
