@@ -9,7 +9,8 @@ Three measurements, all with one checkpoint (the shipped default unless --checkp
    counts as wrong. Reported per detector and crop margin (`pad`).
 2. **Margin on wild_dev.** `../shared/data/wild_dev/wild_dev.parquet` (1,341 labelled photos;
    develop and report only, never train): detection once per detector, then accuracy / UAR per
-   pad, and detection + crop ms per photo at 1 thread.
+   pad, and detection + crop ms per photo at 1 thread; then MTCNN's stage thresholds swept
+   (found rate, accuracy, ms) on wild_dev and on the canvases.
 3. **`train predict` on wild_dev**, written as a labelled folder (<class>/<sha1>.jpg) and run
    through `train.predict.run` (the CLI's engine) for each detector, with and without the
    whole-image fallback, and with no detector: accuracy, UAR, face-found rate, accuracy on found
@@ -124,7 +125,8 @@ def canvases(faces: list[np.ndarray], seed: int) -> list[np.ndarray]:
     return out
 
 
-def canvas_bench(predictor_of, fer_test: Path, n: int, seed: int, min_face: int) -> dict:
+def fer_faces(fer_test: Path, n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """A seeded sample of n FER2013 test faces (48x48 grey) and their labels."""
     import pyarrow.parquet as pq
 
     from features.images import decode
@@ -132,8 +134,18 @@ def canvas_bench(predictor_of, fer_test: Path, n: int, seed: int, min_face: int)
     t = pq.read_table(fer_test, columns=["image", "label"])
     pick = np.sort(np.random.default_rng(seed).choice(t.num_rows, size=min(n, t.num_rows), replace=False))
     t = t.take(pick)
-    faces = [decode(b)[0] for b in t.column("image").to_pylist()]
-    truth = t.column("label").to_pylist()
+    return [decode(b)[0] for b in t.column("image").to_pylist()], t.column("label").to_pylist()
+
+
+def canvas_set(fer_test: Path, n: int, seed: int) -> tuple[list[np.ndarray], list[str], bool]:
+    """The canvas round trip's images and labels (no fallback: a missed face is wrong)."""
+    faces, truth = fer_faces(fer_test, n, seed)
+    return canvases(faces, seed), truth, False
+
+
+def canvas_bench(predictor_of, fer_test: Path, n: int, seed: int, min_face: int) -> dict:
+
+    faces, truth = fer_faces(fer_test, n, seed)
     base = predictor_of("none")
     classes = base.class_names
     direct_pred = labels_of(base, faces)
@@ -195,6 +207,45 @@ def margin_bench(predictor_of, imgs, truth, min_face: int) -> dict:
     return out
 
 
+# ---- 2b. MTCNN stage thresholds ---------------------------------------------------------------
+
+# P-net / R-net / O-net thresholds of MTCNN's second pass over the images where the first pass
+# (facenet-pytorch's 0.6 / 0.7 / 0.7) found no face; None: no second pass
+THRESHOLD_SWEEP = (None, (0.5, 0.6, 0.6), (0.4, 0.5, 0.5), (0.3, 0.4, 0.5), (0.2, 0.3, 0.5))
+
+
+def threshold_bench(predictor, sets: dict, min_face: int) -> list[dict]:
+    """For each THRESHOLD_SWEEP second-pass setting: face-found rate, accuracy and UAR of the largest face
+    (crop as `train predict` crops it; no face = the central square on photos, wrong on canvases),
+    detection ms per image at 1 thread, on each set of `sets` ({name: (images, truth, fallback)})."""
+    import features.faces as faces
+    from train.api import central_square
+
+    keep, rows = faces.MTCNN_RETRY_THRESHOLDS, []
+    try:
+        for th in THRESHOLD_SWEEP:
+            faces.MTCNN_RETRY_THRESHOLDS = th
+            row = {"retry_thresholds": None if th is None else list(th)}
+            for name, (imgs, truth, fallback) in sets.items():
+                found, secs = detect_all(imgs, "mtcnn", min_face)
+                crops = [faces.crop_face(im, fs[0], pad=predictor.pad, align=True) if fs else
+                         (central_square(im).crop if fallback else None) for im, fs in zip(imgs, found)]
+                idx = [i for i, c in enumerate(crops) if c is not None]
+                pred: list = [None] * len(imgs)
+                for i, lab in zip(idx, labels_of(predictor, [crops[i] for i in idx])):
+                    pred[i] = lab
+                acc, uar = acc_uar(pred, truth, predictor.class_names)
+                row[name] = {"face_found": float(np.mean([bool(f) for f in found])), "accuracy": acc, "uar": uar,
+                             "ms_detect_per_image": 1000 * secs / len(imgs)}
+            rows.append(row)
+            print(f"mtcnn second pass {th}: " + "; ".join(
+                f"{n} found {r['face_found']:.1%}, {r['accuracy']:.1%}/{r['uar']:.1%}, {r['ms_detect_per_image']:.1f} ms"
+                for n, r in row.items() if n != "retry_thresholds"), flush=True)
+    finally:
+        faces.MTCNN_RETRY_THRESHOLDS = keep
+    return rows
+
+
 # ---- 3. train predict on wild_dev -----------------------------------------------------------
 
 def predict_bench(checkpoint, folder: Path, n: int, pads: dict) -> list[dict]:
@@ -253,6 +304,23 @@ def markdown(res: dict) -> str:
     for det, d in res["margin"].items():
         lines.append(f"| {det} | " + " | ".join(f"{_pct(d['pads'][p]['accuracy'])} / {_pct(d['pads'][p]['uar'])}"
                                                for p in PADS_STR) + " |")
+    if res.get("thresholds"):
+        from features.faces import MTCNN_RETRY_THRESHOLDS, MTCNN_THRESHOLDS
+
+        lines += ["", f"MTCNN's second pass: the images where the first pass ({' / '.join(map(str, MTCNN_THRESHOLDS))}) "
+                  "found no face run once more at lower P-net / R-net / O-net thresholds (the default second "
+                  f"pass: {' / '.join(map(str, MTCNN_RETRY_THRESHOLDS or ())) or 'none'}); largest face cropped as "
+                  "`train predict` crops it, mtcnn + fallback on wild_dev, a missed face wrong on the canvases "
+                  "(1 thread):", "",
+                  "| second pass | wild_dev found | wild_dev accuracy / UAR | ms / photo | canvas found | canvas accuracy | ms / canvas |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["thresholds"]:
+            w, c = r["wild_dev"], r.get("canvas")
+            th = r["retry_thresholds"]
+            lines.append(f"| {'none' if th is None else ' / '.join(map(str, th))} | {_pct(w['face_found'])} | {_pct(w['accuracy'])} / "
+                         f"{_pct(w['uar'])} | {w['ms_detect_per_image']:.1f} | "
+                         + (f"{_pct(c['face_found'])} | {_pct(c['accuracy'])} | {c['ms_detect_per_image']:.1f} |"
+                            if c else "- | - | - |"))
     c = res.get("canvas")
     if c:
         lines += ["", f"Canvas round trip: {c['rows']} FER2013 test faces (seed {c['seed']}) pasted into larger "
@@ -315,6 +383,10 @@ def main(
     blobs, truth, sha = (t.column(c).to_pylist() for c in ("image", "label", "sha1"))
     imgs = [load_image(b) for b in blobs]
     res["margin"] = margin_bench(predictor_of, imgs, truth, min_face)
+    sets = {"wild_dev": (imgs, truth, True)}
+    if canvas_n:
+        sets["canvas"] = canvas_set(fer_test, canvas_n, seed)
+    res["thresholds"] = threshold_bench(predictor_of("mtcnn"), sets, min_face)
     with tempfile.TemporaryDirectory() as tmp:
         for b, lab, h in zip(blobs, truth, sha):
             (Path(tmp) / lab).mkdir(exist_ok=True)

@@ -148,8 +148,15 @@ def load_mtcnn(device: str = "cpu"):
     return tuple(nets)
 
 
-# Zhang et al.'s stage thresholds and pyramid factor, as facenet-pytorch's MTCNN defaults them
+# P-net / R-net / O-net score thresholds, as facenet-pytorch (after Zhang et al.) defaults them.
 MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)
+# A second pass with lower P-net / R-net / O-net thresholds runs on the images where the first
+# found no face: it finds faces cut tight or turned, which the defaults reject, without adding the
+# false faces that lower thresholds give photos that already have one (on skimage's astronaut,
+# lower thresholds everywhere add a 27x35 px "face" on her suit, O-net score 0.83). Chosen with
+# `make bench-photos` (docs/results/photos/photos.md, 2026-12-05, 2-core CPU).
+MTCNN_RETRY_THRESHOLDS = (0.3, 0.4, 0.5)
+# Zhang et al.'s image-pyramid factor, as facenet-pytorch defaults it
 MTCNN_FACTOR = 0.709
 # MTCNN's cost grows with the pixels it scans: larger photos are searched at this longer side
 # (boxes and landmarks are scaled back to source pixels), which bounds the time per photo
@@ -157,13 +164,11 @@ MTCNN_MAX_SIDE = 640
 
 
 def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float | None, device: str) -> list[list[Face]]:
-    """Faces of several images; images of one size run through the cascade as one batch."""
-    import torch
-    from facenet_pytorch.models.utils.detect_face import detect_face
-
+    """Faces of several images; images of one size run through the cascade as one batch, then the
+    images without a face once more at MTCNN_RETRY_THRESHOLDS."""
     import cv2
 
-    pnet, rnet, onet = load_mtcnn(device)
+    load_mtcnn(device)  # fails here, once, when the package or its weights are missing
     rgb, scales = [], []
     for im in imgs:
         im = np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im
@@ -174,10 +179,24 @@ def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float | None
         rgb.append(im)
         scales.append(scale)
     out: list[list[Face]] = [[] for _ in imgs]
+    first = list(MTCNN_THRESHOLDS[:2]) + [MTCNN_THRESHOLDS[2] if threshold is None else threshold]
+    _mtcnn_pass(imgs, rgb, scales, range(len(imgs)), first, min_size, device, out)
+    if MTCNN_RETRY_THRESHOLDS is not None:
+        retry = list(MTCNN_RETRY_THRESHOLDS[:2]) + [min(MTCNN_RETRY_THRESHOLDS[2], first[2])]
+        _mtcnn_pass(imgs, rgb, scales, [i for i, f in enumerate(out) if not f], retry, min_size, device, out)
+    return out
+
+
+def _mtcnn_pass(imgs, rgb, scales, which, thresholds: list[float], min_size: int, device: str,
+                out: list[list[Face]]) -> None:
+    """One MTCNN cascade over the images `which` (equal sizes batched), faces appended to `out`."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    pnet, rnet, onet = load_mtcnn(device)
     groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(rgb):
-        groups.setdefault((im.shape, scales[i]), []).append(i)
-    thresholds = list(MTCNN_THRESHOLDS[:2]) + [MTCNN_THRESHOLDS[2] if threshold is None else threshold]
+    for i in which:
+        groups.setdefault((rgb[i].shape, scales[i]), []).append(i)
     for (shape, scale), idx in groups.items():
         search = max(12.0, min_size * scale)  # P-net's window is 12 px
         if min(shape[:2]) < search:  # no face of the asked size fits (and detect_face would fail)
@@ -196,7 +215,6 @@ def _detect_mtcnn(imgs: list[np.ndarray], min_size: int, threshold: float | None
                 if w < min_size or h < min_size:
                     continue
                 out[i].append(Face((int(round(x1)), int(round(y1)), w, h), float(b[4]), p))
-    return out
 
 
 # --------------------------------------------------------------------------- RetinaFace

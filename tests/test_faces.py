@@ -215,3 +215,23 @@ def test_mtcnn_searches_large_photos_downscaled_and_reports_source_pixels(monkey
     assert np.abs(face.landmarks - 2 * small.landmarks).max() <= 4
     # a photo smaller than the smallest face asked for has none (and does not crash the cascade)
     assert detect_faces(img[:30, :30], backend="mtcnn", min_size=40) == []
+
+
+def test_mtcnn_second_pass_only_where_the_first_found_nothing(monkeypatch):
+    """The low-threshold second pass runs on the images without a face: it finds the astronaut
+    when a too-strict first pass misses her, and adds nothing to an image that already has a face
+    (lower thresholds on every image add a false 27x35 px face on her suit)."""
+    import features.faces as faces
+
+    _need_mtcnn()
+    img = astronaut()
+    monkeypatch.setattr(faces, "MTCNN_THRESHOLDS", (0.99, 0.999, 0.9999))
+    monkeypatch.setattr(faces, "MTCNN_RETRY_THRESHOLDS", None)
+    assert faces.detect_faces(img, backend="mtcnn") == []
+    monkeypatch.setattr(faces, "MTCNN_RETRY_THRESHOLDS", (0.3, 0.4, 0.5))
+    (face,) = [f for f in faces.detect_faces(img, backend="mtcnn") if f.area > 5000]
+    assert 150 < face.box[0] + face.box[2] / 2 < 260
+    monkeypatch.setattr(faces, "MTCNN_THRESHOLDS", (0.6, 0.7, 0.7))
+    assert len(faces.detect_faces(img, backend="mtcnn")) == 1  # first pass found her: no second pass
+    monkeypatch.setattr(faces, "MTCNN_THRESHOLDS", (0.3, 0.4, 0.5))
+    assert len(faces.detect_faces(img, backend="mtcnn")) == 2  # the false face the design avoids
