@@ -332,3 +332,24 @@ def test_flip_tta_is_the_mean_of_the_face_and_its_mirror(ckpt, astronaut):
         EmotionPredictor.from_checkpoint(ckpt, detector="none", tta="vertical")
     r = CliRunner().invoke(app, ["predict", "x.png", "--checkpoint", str(ckpt), "--tta", "vertical"])
     assert r.exit_code == 2 and "tta 'vertical' unknown" in r.stderr and "Traceback" not in r.output
+
+
+def test_crop_box_is_the_default_and_landmarks_is_the_template_crop(ckpt, astronaut):
+    """crop 'box' (default) cuts the padded box with levelled eyes, 'landmarks' maps the five
+    landmarks onto FER2013's mean face: each equals features.faces.crop_face with that template;
+    an unknown crop is refused in one line."""
+    from features.faces import FER_TEMPLATE, crop_face, detect_faces_batch, mtcnn_available
+    from train.api import EmotionPredictor, PredictError
+
+    if not mtcnn_available():
+        pytest.skip("facenet-pytorch not installed (make setup installs it)")
+    box = EmotionPredictor.from_checkpoint(ckpt, detector="mtcnn")
+    (face,) = detect_faces_batch([astronaut], backend="mtcnn", min_size=box.min_face)[0]
+    marks = EmotionPredictor.from_checkpoint(ckpt, detector="mtcnn", crop="landmarks")
+    assert box.crop == "box"
+    got_box, got_marks = box.faces(astronaut)[0].crop, marks.faces(astronaut)[0].crop
+    np.testing.assert_array_equal(got_box, crop_face(astronaut, face, pad=box.pad, align=True, template=None))
+    np.testing.assert_array_equal(got_marks, crop_face(astronaut, face, pad=box.pad, align=True, template=FER_TEMPLATE))
+    assert got_box.shape != got_marks.shape or not np.array_equal(got_box, got_marks)
+    with pytest.raises(PredictError, match="crop 'eyes' unknown"):
+        EmotionPredictor.from_checkpoint(ckpt, detector="none", crop="eyes")

@@ -26,6 +26,10 @@ TTA_MODES = ("none", "flip")  # test-time augmentation of each face crop
 # chose it), else Haar with a one-line notice. Per-detector crop margin (fraction of the box on
 # each side) tuned so a crop frames the face as FER2013 does (docs/predict.md, bench-photos):
 PADS = {"mtcnn": 0.0, "haar": 0.1, "retinaface": 0.0}
+# How a detected face is cut out: "box" = the detector's box plus `pad`, eyes levelled; "landmarks"
+# = the five landmarks mapped onto FER2013's mean face (features.faces.FER_TEMPLATE). On wild_dev
+# and on the canvas round trip the box crop scored higher (make bench-photos, docs/results/photos).
+CROPS = ("box", "landmarks")
 FACE_SOURCES = ("detector", "whole_image")
 
 
@@ -127,15 +131,19 @@ class EmotionPredictor:
     def __init__(self, model, class_names: Sequence[str], preprocess, *, detector: str = "auto",
                  device: str = "cpu", pad: float | None = None, min_face: int = 24, batch_size: int = 64,
                  weights_dir: str | Path | None = None, sidecar: dict | None = None, fallback: bool = True,
-                 text=None, tta: str = "flip"):
+                 text=None, tta: str = "flip", crop: str = "box"):
         """`detector` one of DETECTORS ("auto": MTCNN if installed, else Haar, with `notice` saying
         so); `pad` the crop margin per side as a fraction of the face box (None: PADS[detector]);
-        `fallback` classifies the central square of a photo where no face is found
+        `crop` one of CROPS ("box": the padded box, eyes levelled; "landmarks": five landmarks
+        onto FER2013's mean face, MTCNN/RetinaFace only). `fallback` classifies the central
+        square of a photo where no face is found
         (face_source "whole_image") instead of returning no prediction for it. `text` (a
         train.text_input.CaptionText) gives a caption-fusing model (miniaffectgpt) its caption
         per face; such a model without it is refused. `tta` "flip" (default) averages the logits
         of each face and its mirror image (horizontal flip TTA, as `train eval --tta flip`; twice
         the model time, which is small beside detection), "none" classifies the face once."""
+        if crop not in CROPS:
+            raise PredictError(f"crop {crop!r} unknown; use one of {', '.join(CROPS)}")
         if tta not in TTA_MODES:
             raise PredictError(f"tta {tta!r} unknown; use one of {', '.join(TTA_MODES)}")
         if detector not in DETECTORS:
@@ -185,6 +193,7 @@ class EmotionPredictor:
         self.sidecar = sidecar or {}
         self.input_kind = kind
         self.tta = tta
+        self.crop = crop
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, caption: str | None = None,
@@ -227,7 +236,7 @@ class EmotionPredictor:
         """
         if self.detector == "none":
             return [[Face((0, 0, int(im.shape[1]), int(im.shape[0])), None, im, "whole_image")] for im in images]
-        from features.faces import FaceError, crop_face, detect_faces_batch
+        from features.faces import FER_TEMPLATE, FaceError, crop_face, detect_faces_batch
 
         try:
             found = detect_faces_batch(list(images), backend=self.detector, weights_dir=self.weights_dir,
@@ -237,7 +246,8 @@ class EmotionPredictor:
         out = []
         for image, fs in zip(images, found):
             faces = [Face(tuple(int(v) for v in f.box), None if f.score is None else float(f.score),
-                          crop_face(image, f, pad=self.pad, align=True)) for f in fs]
+                          crop_face(image, f, pad=self.pad, align=True,
+                                    template=FER_TEMPLATE if self.crop == "landmarks" else None)) for f in fs]
             if not faces and self.fallback:
                 faces = [central_square(image)]
             out.append(faces)

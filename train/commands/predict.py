@@ -27,6 +27,8 @@ def command(
                                               "as a fraction of its size (default: tuned per detector).")] = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Report 'no face' instead of "
                                               "classifying the central square of a photo without one.")] = False,
+    crop: Annotated[str, typer.Option("--crop", help="box: the detected box plus --pad, eyes levelled "
+                                      "(default) | landmarks: five landmarks onto FER2013's mean face.")] = "box",
     tta: Annotated[str, typer.Option("--tta", help="flip: average each face with its mirror image "
                                      "(default) | none: classify each face once.")] = "flip",
     window: Annotated[int, typer.Option("--window", min=1, help="Video/camera: frames whose logits "
@@ -63,7 +65,7 @@ def command(
                                                      device=resolve_device(device), pad=pad,
                                                      weights_dir=weights_dir, fallback=not no_fallback,
                                                      caption=caption, caption_model=caption_model,
-                                                     text_encoder=text_encoder, tta=tta)
+                                                     text_encoder=text_encoder, tta=tta, crop=crop)
         if predictor.notice:
             err.print(f"[yellow]note:[/] {predictor.notice}")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
