@@ -228,7 +228,8 @@ def threshold_bench(predictor, sets: dict, min_face: int) -> list[dict]:
             row = {"retry_thresholds": None if th is None else list(th)}
             for name, (imgs, truth, fallback) in sets.items():
                 found, secs = detect_all(imgs, "mtcnn", min_face)
-                crops = [faces.crop_face(im, fs[0], pad=predictor.pad, align=True) if fs else
+                template = faces.FER_TEMPLATE if predictor.crop == "landmarks" else None
+                crops = [faces.crop_face(im, fs[0], pad=predictor.pad, align=True, template=template) if fs else
                          (central_square(im).crop if fallback else None) for im, fs in zip(imgs, found)]
                 idx = [i for i, c in enumerate(crops) if c is not None]
                 pred: list = [None] * len(imgs)
