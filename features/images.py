@@ -23,7 +23,8 @@ _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 def _no_address(e: BaseException) -> str:
     """PIL names an in-memory file by its object address ('<_io.BytesIO object at 0x7f...>'):
     useless to a reader, so it becomes 'the image bytes' (callers name the file or row)."""
-    return _ADDRESS.sub("the image bytes", str(e))
+    text = re.sub(r"cannot identify image file <[^<>]* at 0x[0-9a-fA-F]+>", "not an image format Pillow reads", str(e))
+    return _ADDRESS.sub("the image bytes", text)
 
 
 class BadImage(ValueError):

@@ -262,7 +262,7 @@ def test_cli_eval(ckpt, fer_test, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "e" / "report.json").is_file() and "leak_free" in r.output
     r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "none"), "--manifest", str(fer_test)])
-    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "train eval: " in r.output and "Traceback" not in r.output
 
 
 def test_text_fusion_model_with_caption_features(tmp_path, fer_test):

@@ -353,3 +353,29 @@ def test_crop_box_is_the_default_and_landmarks_is_the_template_crop(ckpt, astron
     assert got_box.shape != got_marks.shape or not np.array_equal(got_box, got_marks)
     with pytest.raises(PredictError, match="crop 'eyes' unknown"):
         EmotionPredictor.from_checkpoint(ckpt, detector="none", crop="eyes")
+
+
+def test_a_photo_named_twice_is_predicted_once_and_one_bad_input_is_one_line(ckpt, inputs, tmp_path):
+    """A photo given and also inside a given folder is one record (no crash, no overlay with
+    another photo's label); predict_images keeps a repeated path apart by position; a lone
+    unreadable input is one line naming it once, exit 2."""
+    from typer.testing import CliRunner
+
+    from train.api import EmotionPredictor
+    from train.cli import app
+    from train.predict import PredictConfig, predict_images
+
+    photo = inputs / "sub" / "astronaut.png"
+    r = CliRunner().invoke(app, ["predict", str(photo), str(inputs), str(photo), "--checkpoint", str(ckpt), "--json"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    sources = [d["source"] for d in json.loads(r.stdout)]
+    assert sources.count(str(photo)) == 1 and len(sources) == 2  # the photo and blank.png
+    p = EmotionPredictor.from_checkpoint(ckpt, detector="none")
+    recs = predict_images(p, [str(photo), str(inputs / "blank.png"), str(photo)], PredictConfig())
+    assert [r.status for r in recs] == ["ok"] * 3 and recs[0].faces == recs[2].faces
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not a photo")
+    r = CliRunner().invoke(app, ["predict", str(bad), "--checkpoint", str(ckpt)])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"train predict: {bad}: ")
+    assert lines[0].count(str(bad)) == 1 and "Traceback" not in r.output

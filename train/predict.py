@@ -83,7 +83,14 @@ def collect(inputs: Sequence[str | int | Path]) -> tuple[list[Source], list[Reco
             sources.append(_source_of(p))
         else:
             errors.append(Record(str(p), "error", "no such file or folder"))
-    return sources, errors
+    seen: set = set()
+    unique = []
+    for src in sources:  # a file named twice (a photo and its folder) is predicted once
+        key = src.ref if src.kind == "camera" else Path(src.ref).resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(src)
+    return unique, errors
 
 
 def _source_of(p: Path) -> Source:
@@ -98,20 +105,21 @@ def predict_images(predictor: EmotionPredictor, paths: Sequence[str], cfg: Predi
     out: list[Record] = []
     for start in range(0, len(paths), cfg.batch_files):
         chunk = paths[start:start + cfg.batch_files]
+        # keyed by position in the chunk, not by path: a path given twice is predicted twice
         images, errs = {}, {}
-        for path in chunk:
+        for k, path in enumerate(chunk):
             try:
-                images[path] = load_image(path)
+                images[k] = load_image(path)
             except PredictError as e:
-                errs[path] = str(e)
+                errs[k] = str(e)
         found = dict(zip(images, predictor.faces_batch(list(images.values()))))
         crops = [f.crop for faces in found.values() for f in faces]
         logits = predictor.logits(crops)
         described = iter(zip(logits, predictor.describe_logits(logits, cfg.top_k)))
-        for path in chunk:
-            faces = found.get(path, [])
-            if path in errs:
-                out.append(Record(str(path), "error", errs[path]))
+        for k, path in enumerate(chunk):
+            faces = found.get(k, [])
+            if k in errs:
+                out.append(Record(str(path), "error", errs[k]))
             elif not faces:
                 out.append(Record(str(path), "no_face", f"no face found (detector {predictor.detector}); "
                                   "drop --no-fallback to classify the whole image, or use --detector none "

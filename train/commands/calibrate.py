@@ -47,7 +47,7 @@ def command(
             task = bar.add_task("val", total=None)
             rep = calibrate(checkpoint, val, out, cfg, train_manifest, progress=lambda n: bar.advance(task, n))
     except (EvalError, CheckpointError) as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"train calibrate: {e}")
         raise typer.Exit(2) from None
     b, a = rep["logit_adjustment"]["val_before"], rep["logit_adjustment"]["val_after"]
     typer.echo(f"tau = {rep['chosen']['tau']:g}: val accuracy {100 * b['acc']:.2f} -> {100 * a['acc']:.2f} %, "

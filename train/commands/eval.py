@@ -57,7 +57,7 @@ def command(
             task = bar.add_task("eval", total=None)
             report = evaluate(checkpoint if len(checkpoint) > 1 else checkpoint[0], manifest, cfg, out, progress=lambda n: bar.advance(task, n))
     except (EvalError, CheckpointError) as e:  # CheckpointError: a sidecar that lacks a field
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"train eval: {e}")
         raise typer.Exit(2)
     if report.get("members"):
         for m in report["members"]:
@@ -82,7 +82,7 @@ def command(
         try:
             console.print(f"wrote {write_html(report, out, _command_line(ctx))}")
         except OutputError as e:
-            console.print(f"[red]error:[/] {e}")
+            console.print(f"train eval: {e}")
             raise typer.Exit(2)
 
 

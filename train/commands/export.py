@@ -27,7 +27,7 @@ def command(
         pre = preprocess_of(sidecar)
         path = export_onnx(model, pre, out, class_names(sidecar), opset=opset)
     except (CheckpointError, ExportError) as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"train export: {e}")
         raise typer.Exit(2)
     msg = f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, opset {opset})"
     if check:
@@ -37,6 +37,6 @@ def command(
         diff = parity(path, model, torch.randn(4, pre.channels, *pre.size, generator=g))
         msg += f"; max |onnxruntime - torch| = {diff:.2e} on 4 random inputs"
         if diff > 1e-4:
-            console.print(f"[red]error:[/] {msg}: above 1e-4, the export is not faithful")
+            console.print(f"train export: {msg}: above 1e-4, the export is not faithful")
             raise typer.Exit(1)
     console.print(msg)

@@ -56,7 +56,7 @@ def command(
 
     err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (grep-able)
     if as_json and as_csv:
-        err.print("[red]error:[/] choose one of --json and --csv")
+        err.print("train predict: choose one of --json and --csv")
         raise typer.Exit(2)
     try:
         from features.device import resolve_device
@@ -76,7 +76,13 @@ def command(
             task = bar.add_task("predict", total=None)
             records = run(predictor, inputs, cfg, progress=lambda n: bar.advance(task, n))
     except PredictError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"train predict: {e}", markup=False, highlight=False)
+        raise typer.Exit(2)
+    s = summary(records)
+    failed = [r for r in records if r.status == "error"]
+    if s["processed"] == 0 and len(failed) == 1 and not as_json and not as_csv:
+        # one input, and it could not be read: one line, not a table and a summary around it
+        err.print(f"train predict: {failed[0].source}: {_reason(failed[0])}", markup=False, highlight=False)
         raise typer.Exit(2)
     if as_json:
         typer.echo(to_json(records))
@@ -84,13 +90,14 @@ def command(
         typer.echo(to_csv(records), nl=False)
     else:
         _table(records, top_k)
-    s = summary(records)
     for r in records:
         if r.status == "error":
-            err.print(f"[yellow]skipped[/] {r.source}: {r.message}")
+            err.print(f"[yellow]skipped[/] {r.source}: {_reason(r)}", highlight=False)
     cams = sum(len(r.gradcam) for r in records)
-    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces ({s['whole_image']} face_source=whole_image: "
-              f"no face found, central square classified), {s['no_face']} without a face, {s['errors']} errors"
+    whole = (f"{s['whole_image']} whole images: --detector none" if predictor.detector == "none" else
+             f"{s['whole_image']} face_source=whole_image: no face found, central square classified")
+    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces ({whole}), {s['no_face']} without a face, "
+              f"{s['errors']} errors"
               + (f", {s['skipped']} files skipped by extension" if s["skipped"] else "")
               + f"; detector {predictor.detector}, TTA {predictor.tta}"
               + (f"; annotated video: {out_video}" if out_video else "")
@@ -102,6 +109,12 @@ def command(
                   f"{scored['accuracy']:.1%}, UAR {scored['uar']:.1%}, face found {scored['face_found']:.1%}{found}")
     if s["processed"] == 0:
         raise typer.Exit(2)
+
+
+def _reason(record) -> str:
+    """The record's message without the path it already starts with (the line names it once)."""
+    head = f"{record.source}: "
+    return record.message[len(head):] if record.message.startswith(head) else record.message
 
 
 def _table(records, top_k: int) -> None:

@@ -36,7 +36,7 @@ def command(
     from train.serve import SERVE_INSTALL
 
     if importlib.util.find_spec("gradio") is None:
-        err.print(f"[red]error:[/] train serve needs Gradio, which is not installed: {SERVE_INSTALL}")
+        err.print(f"train serve: needs Gradio, which is not installed: {SERVE_INSTALL}")
         raise typer.Exit(2)
     from train.api import EmotionPredictor, PredictError
     from train.serve import Analyser, serve
@@ -44,7 +44,7 @@ def command(
     try:
         predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device)
     except PredictError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"train serve: {e}")
         raise typer.Exit(2)
     if getattr(predictor, "notice", ""):
         err.print(f"[yellow]note:[/] {predictor.notice}")
@@ -54,5 +54,5 @@ def command(
         serve(Analyser(predictor, k=top_k, window=window, gradcam=gradcam), host=host, port=port, share=share,
               stop_after=stop_after)
     except OSError as e:
-        err.print(f"[red]error:[/] cannot serve on {host}:{port} ({e}); pick another --port")
+        err.print(f"train serve: cannot serve on {host}:{port} ({e}); pick another --port")
         raise typer.Exit(2)
