@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> (its own test files, mutant-name patterns or None for the whole module)
 MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "features/labels.py": (["tests/test_features.py"], None),
-    "features/manifest.py": (["tests/test_features.py"], None),
+    "features/manifest.py": (["tests/test_features.py", "tests/test_faults.py"], None),
     "train/metrics.py": (["tests/test_metrics.py"], None),
     "train/calibrate.py": (["tests/test_calibrate.py"], None),
     "train/evaluate.py": (["tests/test_eval.py"], None),
