@@ -272,7 +272,9 @@ def ingest(path: str | Path, cfg: IngestConfig, progress: Progress | None = None
     src = read_source(path, layout, cfg)
     if not src.records:
         raise IngestError(f"{path}: no images found for layout {layout.name!r} "
-                          f"({len(src.rejects)} rows rejected or dropped)")
+                          f"({len(src.rejects)} rows rejected or dropped); put image files "
+                          f"({', '.join(sorted(images.IMAGE_EXTS))}) where that layout reads them "
+                          "(docs/ingest.md) or pass the --layout that matches the folder")
     decoded = decode_records(src.records, cfg.max_pixels, cfg.workers, progress)
     rejects = list(src.rejects)
     rows = []
