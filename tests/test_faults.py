@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -119,11 +118,12 @@ def base(tmp_path_factory):
 
 
 def _evil_pickle(path: Path, marker: Path) -> Path:
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path.write_bytes(pickle.dumps({"weight": Evil()}))
+    """{"weight": os.system("touch MARKER")} as protocol-0 pickle opcodes, written by hand (no
+    pickle import needed to plant one): MARK DICT, key, GLOBAL os.system, MARK arg TUPLE, REDUCE,
+    SETITEM, STOP. Unpickling it runs the command; every loader must refuse it."""
+    module = os.system.__module__  # posix on Linux
+    path.write_bytes(b"(dp0\nVweight\np1\nc" + module.encode() + b"\nsystem\np2\n(V"
+                     + f"touch {marker}".encode() + b"\ntp3\nRp4\ns.")
     return path
 
 
