@@ -20,6 +20,7 @@ def parse_questions(text: str | None) -> tuple[str, ...] | None:
     return tuple(q.strip() for q in items if q.strip())
 
 
+@options.run_options(batch_size=16)
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Output manifest: the input rows plus caption (and vqa) columns.")],
@@ -36,15 +37,7 @@ def command(
     vqa_max_new_tokens: Annotated[int, typer.Option("--vqa-max-new-tokens", min=1)] = 10,
     dtype: Annotated[str, typer.Option("--dtype", help="Autocast: auto (bf16 on CPU and GPU), bf16, fp16, "
                                        "fp32.")] = "auto",
-    batch_size: options.BatchSize = 16,
-    device: options.Device = "auto",
-    shard: options.Shard = None,
-    work_dir: options.WorkDir = None,
-    clean: options.Clean = False,
-    executor: options.Executor = "local",
-    ray_address: options.RayAddress = None,
-    concurrency: options.Concurrency = 2,
-    num_gpus_per_worker: options.GpusPerWorker = 0.0,
+    run_config=None,
 ) -> None:
     """Caption every face from its pixels alone, and report per class how often captions name an emotion."""
     from rich.console import Console
@@ -53,8 +46,7 @@ def command(
     from pipeline.commands.edge import cli_run
 
     console = Console(stderr=True, soft_wrap=True)
-    run_cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
-                                  concurrency, num_gpus_per_worker)
+    run_cfg = run_config
     try:
         cfg = CaptionConfig(model=model, beams=beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                             vqa=vqa, vqa_model=vqa_model, questions=parse_questions(questions) or DEFAULT_QUESTIONS,

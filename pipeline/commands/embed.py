@@ -10,6 +10,7 @@ import typer
 from pipeline.commands import options
 
 
+@options.run_options(batch_size=64)
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (captioned, for text encoders).")],
     out: Annotated[Path, typer.Option("--out", help="Feature file to write (Parquet).")],
@@ -21,15 +22,7 @@ def command(
                                          "(text encoders, for attention fusion).")] = False,
     dtype: Annotated[str, typer.Option("--dtype", help="float16 | float32 storage.")] = "float16",
     max_length: Annotated[int, typer.Option("--max-length", min=2, help="Tokens kept per caption.")] = 64,
-    batch_size: options.BatchSize = 64,
-    device: options.Device = "auto",
-    shard: options.Shard = None,
-    work_dir: options.WorkDir = None,
-    clean: options.Clean = False,
-    executor: options.Executor = "local",
-    ray_address: options.RayAddress = None,
-    concurrency: options.Concurrency = 2,
-    num_gpus_per_worker: options.GpusPerWorker = 0.0,
+    run_config=None,
 ) -> None:
     """Embed captions (minilm, distilbert) or images (clip, resnet18) with a frozen encoder."""
     from rich.console import Console
@@ -39,8 +32,7 @@ def command(
     from pipeline.commands.edge import cli_run
 
     console = Console(stderr=True, soft_wrap=True)
-    run_cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
-                                  concurrency, num_gpus_per_worker)
+    run_cfg = run_config
     try:
         cfg = EmbedConfig(encoder=encoder, weights=weights, tokens=tokens, dtype=dtype, max_length=max_length)
         check_input(in_path, cfg)

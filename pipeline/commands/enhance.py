@@ -10,6 +10,7 @@ import typer
 from pipeline.commands import options
 
 
+@options.run_options(batch_size=32)
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Output manifest; with --shard, out.shard-i-of-N.parquet.")],
@@ -19,15 +20,7 @@ def command(
     scale: Annotated[int, typer.Option(help="Upscaling factor (a SwinIR checkpoint fixes its own).")] = 4,
     tile: Annotated[int, typer.Option(help="SwinIR tile size in input pixels (0: whole image).")] = 256,
     precision: Annotated[str, typer.Option(help="fp32, or autocast in bf16 / fp16 / auto.")] = "fp32",
-    batch_size: options.BatchSize = 32,
-    device: options.Device = "auto",
-    shard: options.Shard = None,
-    work_dir: options.WorkDir = None,
-    clean: options.Clean = False,
-    executor: options.Executor = "local",
-    ray_address: options.RayAddress = None,
-    concurrency: options.Concurrency = 2,
-    num_gpus_per_worker: options.GpusPerWorker = 0.0,
+    run_config=None,
 ) -> None:
     """Super-resolve (bicubic or SwinIR) and colorize (gray2rgb or DDColor); provenance in the enhance columns."""
     from features.hub import WeightsNotFound
@@ -35,8 +28,7 @@ def command(
     from pipeline.commands.edge import cli_run
     from pipeline.stage import StageError
 
-    cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
-                              concurrency, num_gpus_per_worker)
+    cfg = run_config
     try:
         stage = EnhanceStage(sr=sr, color=color, scale=scale, tile=tile, precision=precision)
     except (StageError, WeightsNotFound) as e:

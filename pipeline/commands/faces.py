@@ -10,6 +10,7 @@ import typer
 from pipeline.commands import options
 
 
+@options.run_options(batch_size=32)
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Output manifest; with --shard, out.shard-i-of-N.parquet.")],
@@ -23,15 +24,7 @@ def command(
     align: Annotated[bool, typer.Option("--align/--no-align", help="Level the eyes when landmarks are found.")] = True,
     no_face: Annotated[str, typer.Option("--no-face", help="drop: rows without a face go to the rejects "
                                          "report only; keep: also keep them uncropped (face_count 0).")] = "drop",
-    batch_size: options.BatchSize = 32,
-    device: options.Device = "auto",
-    shard: options.Shard = None,
-    work_dir: options.WorkDir = None,
-    clean: options.Clean = False,
-    executor: options.Executor = "local",
-    ray_address: options.RayAddress = None,
-    concurrency: options.Concurrency = 2,
-    num_gpus_per_worker: options.GpusPerWorker = 0.0,
+    run_config=None,
 ) -> None:
     """Crop the largest face (square, padded, eyes levelled); rows with no face are reported."""
     from features.hub import WeightsNotFound
@@ -39,8 +32,7 @@ def command(
     from pipeline.commands.edge import cli_run
     from pipeline.stage import StageError
 
-    cfg = options.make_config(batch_size, shard, work_dir, device, clean, executor, ray_address,
-                              concurrency, num_gpus_per_worker)
+    cfg = run_config
     try:
         stage = FaceStage(backend=backend, weights_dir=weights_dir, pad=pad, size=size or None, min_size=min_size,
                           threshold=threshold, align=align, no_face=no_face)

@@ -3,8 +3,11 @@ and `make_config`, which turns them into the runner's RunConfig (pipeline/parts.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Callable
 
 import typer
 
@@ -48,3 +51,34 @@ def make_config(batch_size: int = 32, shard: str | None = None, work_dir: Path |
     ray = RayConfig(address=ray_address, concurrency=concurrency, num_gpus_per_worker=num_gpus_per_worker)
     return RunConfig(batch_size=batch_size, shard=sh, work_dir=work_dir, device=device, keep_work=not clean,
                      executor=executor, ray=ray)
+
+
+# (name, annotation, default) of the runner options, in --help order; batch_size's default is the command's
+_RUN_OPTIONS = (("batch_size", BatchSize, None), ("device", Device, "auto"), ("shard", Shard, None),
+                ("work_dir", WorkDir, None), ("clean", Clean, False), ("executor", Executor, "local"),
+                ("ray_address", RayAddress, None), ("concurrency", Concurrency, 2),
+                ("num_gpus_per_worker", GpusPerWorker, 0.0))
+
+
+def run_options(batch_size: int = 32) -> Callable:
+    """Decorator for a stage command: appends the runner options every stage shares (--batch-size
+    ... --num-gpus-per-worker, written once here) to its Typer signature and calls it with
+    `run_config`, the RunConfig `make_config` builds from them, instead of the nine values."""
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # the command's own, resolved in its module
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.name != "run_config"]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann,
+                                   default=batch_size if name == "batch_size" else default)
+                 for name, ann, default in _RUN_OPTIONS]
+
+        @functools.wraps(fn)
+        def command(**kw):
+            run = {name: kw.pop(name) for name, _, _ in _RUN_OPTIONS}
+            return fn(**kw, run_config=make_config(**run))
+
+        command.__signature__ = sig.replace(parameters=own + extra)
+        command.__annotations__ = {p.name: p.annotation for p in own + extra} | {"return": None}
+        return command
+    return wrap
