@@ -207,15 +207,18 @@ def assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, s
     info: dict = {"seed": seed}
     keyed = [_group_key(r) for r in rows]
     info["grouped_by"] = sorted({k for k, _ in keyed})
-    if not any(r["_split"] == "test" for r in rows) and test_fraction > 0:
+    own_test = any(r["_split"] == "test" for r in rows)
+    if not own_test and test_fraction > 0:
         pool = list(range(len(rows)))
         mask, how = holdout([rows[i]["label"] for i in pool], [keyed[i][1] for i in pool], test_fraction, seed)
         for i, m in zip(pool, mask):
             rows[i]["_split"] = "test" if m else "train"
         info["test"] = {"carved_from": "all rows (the dataset has no test split)", "method": how,
                         "fraction": test_fraction}
-    else:
+    elif own_test:
         info["test"] = {"carved_from": "the dataset's own test split"}
+    else:
+        info["test"] = {"carved_from": "none (the dataset has no test split and the test fraction is 0)"}
     pool = [i for i, r in enumerate(rows) if r["_split"] != "test"]
     mask, how = holdout([rows[i]["label"] for i in pool], [keyed[i][1] for i in pool], val_fraction, seed)
     for i, m in zip(pool, mask):
