@@ -49,7 +49,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "train/evaluate.py": (["tests/test_eval.py"], None),
     "train/losses.py": (["tests/test_losses.py"], None),
     # the split and leak logic only: the readers and writers around it have their own fault tests
-    "pipeline/ingest.py": (["tests/test_ingest.py"],
+    "pipeline/ingest.py": (["tests/test_splits.py", "tests/test_ingest.py"],
                            [f"pipeline.ingest.x_{f}__mutmut_*"
                             for f in ("holdout", "_group_key", "assign_splits", "flag_duplicates")]),
     "pipeline/balance.py": (["tests/test_balance.py"], None),
