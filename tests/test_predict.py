@@ -331,7 +331,9 @@ def test_flip_tta_is_the_mean_of_the_face_and_its_mirror(ckpt, astronaut):
     with pytest.raises(PredictError, match="tta 'vertical' unknown"):
         EmotionPredictor.from_checkpoint(ckpt, detector="none", tta="vertical")
     r = CliRunner().invoke(app, ["predict", "x.png", "--checkpoint", str(ckpt), "--tta", "vertical"])
-    assert r.exit_code == 2 and "tta 'vertical' unknown" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--tta 'vertical' unknown" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["predict", "x.png", "--checkpoint", str(ckpt), "--crop", "eyes"])
+    assert r.exit_code == 2 and "--crop 'eyes' unknown" in r.stderr and "Traceback" not in r.output
 
 
 def test_crop_box_is_the_default_and_landmarks_is_the_template_crop(ckpt, astronaut):

@@ -58,6 +58,13 @@ def command(
     if as_json and as_csv:
         err.print("train predict: choose one of --json and --csv")
         raise typer.Exit(2)
+    from train.api import CROPS, TTA_MODES
+
+    for flag, value, allowed in (("--tta", tta, TTA_MODES), ("--crop", crop, CROPS)):
+        if value not in allowed:  # named as the user typed it, before any checkpoint is read
+            err.print(f"train predict: {flag} {value!r} unknown; use one of {', '.join(allowed)}",
+                      markup=False, highlight=False)
+            raise typer.Exit(2)
     try:
         from features.device import resolve_device
 
