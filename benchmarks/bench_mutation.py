@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> (its own test files, mutant-name patterns or None for the whole module)
 MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "features/labels.py": (["tests/test_features.py"], None),
-    "features/manifest.py": (["tests/test_features.py", "tests/test_faults.py"], None),
+    "features/manifest.py": (["tests/test_features.py", "tests/test_faults.py", "tests/test_manifest_values.py"],
+                             None),
     "train/metrics.py": (["tests/test_metrics.py"], None),
     "train/calibrate.py": (["tests/test_calibrate.py"], None),
     "train/evaluate.py": (["tests/test_eval.py"], None),
@@ -61,6 +62,8 @@ _POSITIVE = "the top-label confidence of a probability row is in [1/C, 1], so ce
 _TAG = "the tag only keeps rows without a group apart from group keys; any other string does the same"
 _DIM = "logits are (B, C) by contract: dim=-1, dim=+1 and torch's implicit dim for 2-D input are the same axis"
 _INT_IDX = "comparing a float bin index with the integer bin number gives the same masks"
+_NULL_SIGN = ("null counts are only tested for being non-zero, and a running sum of counts >= 0 is "
+              "non-zero exactly when its negation is")
 EQUIVALENT: dict[str, str] = {
     "train.metrics.x_expected_calibration_error__mutmut_12": 'float("NAN") is the same NaN as float("nan")',
     "train.metrics.x_expected_calibration_error__mutmut_17": "astype(None) is float64, the same dtype",
@@ -85,6 +88,24 @@ EQUIVALENT: dict[str, str] = {
         "xǁFocalLossǁforward__mutmut_6", "xǁFocalLossǁforward__mutmut_7")},
     "train.metrics.x_score__mutmut_121": "softmax probabilities are <= 1: the upper clip never acts",
     "train.metrics.x_score__mutmut_126": "softmax probabilities are <= 1: the upper clip never acts",
+    **{f"features.manifest.x__check_file_values__mutmut_{n}": _NULL_SIGN for n in (26, 39)},
+    **{f"features.manifest.x__check_file_values__mutmut_{n}": "a missing producer key gives None, and "
+       "`None or b'{}'` is the same b'{}' as the default" for n in (51, 53)},
+    **{f"features.manifest.x__check_file_values__mutmut_{n}": "the cache is read by membership "
+       "(`key in _checked`), never by the value stored" for n in (81, 82)},
+    **{f"features.manifest.x_check_values__mutmut_{n}": "pa.array of str names infers pa.string(); with no "
+       "names (only reached with 0 rows) an empty null array compares the same: no mismatch" for n in (70, 72)},
+    "features.manifest.x__tmp_for__mutmut_13": "os.umask returns the old mask whatever it sets, and the next "
+                                               "line restores it; the value set in between is never used",
+    "features.manifest.x_atomic_write_many__mutmut_2": "the loop sets `current` before anything in it can raise",
+    "features.manifest.x_atomic_write_many__mutmut_30": "fsync needs only the descriptor: a text-mode open that "
+                                                        "never reads syncs the same file",
+    **{f"features.manifest.x_file_sha256__mutmut_{n}": "the chunk size (or one read of the whole file) "
+       "changes memory use, not the digest of the bytes fed in order" for n in (13, 15, 16)},
+    "features.manifest.x_sweep_stale_tmp__mutmut_7": "with a name, every file the wider glob adds fails the "
+                                                     "exact name check below it",
+    **{f"features.manifest.x_{f}__mutmut_{n}": "pyarrow reads codec names case-insensitively: 'ZSTD' is zstd"
+       for f, n in (("write_manifest", 24), ("write_manifest_set", 32))},
 }
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)
