@@ -30,9 +30,10 @@ def _manifest(path: Path, shape=(48, 48), n=3, seed=0, rgb=False) -> Path:
     return make_manifest(path, rows=rows)
 
 
-def _run(*args) -> None:
+def _run(*args):
     res = CliRunner().invoke(app, ["enhance", *map(str, args)])
     assert res.exit_code == 0, res.output
+    return res
 
 
 def _images(path: Path) -> list[np.ndarray]:
@@ -66,7 +67,9 @@ def tiny_ddcolor(tmp_path_factory) -> Path:
 
 def test_bicubic_and_gray2rgb_shapes_and_provenance(tmp_path):
     src = _manifest(tmp_path / "in.parquet")
-    _run("--in", src, "--out", tmp_path / "out.parquet", "--sr", "bicubic", "--color", "gray2rgb")
+    res = _run("--in", src, "--out", tmp_path / "out.parquet", "--sr", "bicubic", "--color", "gray2rgb")
+    # the summary's speed says what it counts (the bar's img/s counts model load and reused parts)
+    assert "images_per_s: computed rows per second of computing (model load excluded)" in " ".join(res.output.split())
     table = read_manifest(tmp_path / "out.parquet")[0]
     imgs = _images(tmp_path / "out.parquet")
     assert all(i.shape == (192, 192, 3) for i in imgs)
