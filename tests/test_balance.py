@@ -629,3 +629,110 @@ def test_balance_features_by_hand():
     assert k == sample_id("synth", f"balance-features:smote:seed=2:disgust:000000<-{par[0][0]},{par[0][1]}")
     with pytest.raises(BalanceError, match="1 val rows"):
         balance_features(to_table(ids_rows + _tiny_rows((1,) + (0,) * 6, split="val")), np.zeros((10, 4)), LS, cfg)
+
+
+class _Shifted:
+    """A sampler whose new rows are moved by `delta` along the first axis (a fault injected to
+    check the replay's tolerance); everything else is the wrapped imblearn sampler's."""
+
+    def __init__(self, inner, delta):
+        self.inner, self.delta = inner, delta
+
+    def fit_resample(self, X, y):
+        Xr, yr = self.inner.fit_resample(X, y)
+        Xr = np.array(Xr, np.float64)
+        Xr[len(X):, 0] += self.delta
+        return Xr, yr
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("scale", [4.0, 0.5])  # largest |X| above 1, and below (the tolerance uses at least 1)
+@pytest.mark.parametrize("ratio", [0.7, 1.5])
+def test_parents_exact_means_within_the_stated_tolerance(monkeypatch, scale, ratio):
+    """parents_exact holds when every new row lies within 1e-5 * max(1, max|X|) * sqrt(dims) of
+    its parents' segment: a shift of 0.7x that is accepted, 1.5x is not (and is searched for)."""
+    import pipeline.balance as bal
+
+    X, y = _blobs(counts=(20, 8), dims=4, seed=6)
+    X = (X / np.abs(X).max() * scale).astype(np.float32)
+    X[0, 0] = scale  # the largest |X|, exactly
+    tol = 1e-5 * max(1.0, scale) * np.sqrt(4)
+    real = bal._sampler
+    monkeypatch.setattr(bal, "_sampler", lambda cfg, strategy: _Shifted(real(cfg, strategy), ratio * tol))
+    r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=1, k_neighbors=3))
+    assert len(r.labels) == 12
+    assert r.residual == pytest.approx(ratio * tol, rel=0.05)
+    assert r.parents_exact == (ratio < 1)
+    assert r.parents_by == ("replayed" if ratio < 1 else "searched")
+
+
+def test_parent_search_refuses_a_row_without_candidates():
+    # two far-apart clusters of one class, one base row in the first: a new row in the second
+    # cluster has no base among its neighbours
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (5, 3)), rng.normal(100, 1, (5, 3))]).astype(np.float32)
+    y = np.zeros(10, np.int64)
+    s = np.stack([X[0] + 0.3 * (X[1] - X[0]), X[6] + 0.3 * (X[7] - X[6])])
+    with pytest.raises(RuntimeError) as e:
+        recover_parents(X, y, s, np.zeros(2, np.int64), k=2, bases=np.array([0]))
+    assert str(e.value) == "balance: a synthetic row has no candidate parents; please report this input"
+    parents, miss = recover_parents(X, y, s[:1], np.zeros(1, np.int64), k=2, bases=np.array([0]))
+    assert list(parents[0]) == [0, 1] and miss < 1e-5
+
+
+def test_recover_parents_over_several_chunks_and_classes():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 10)
+    pairs, new, new_y = [], [], []
+    for i in range(300):
+        c = i % 3
+        members = np.flatnonzero(y == c)
+        a = members[i % 10]
+        b = members[np.argsort(np.linalg.norm(X[members] - X[a], axis=1))[1 + i % 3]]
+        u = (i % 7 + 0.5) / 8
+        new.append(X[a] + u * (X[b] - X[a]))
+        new_y.append(c)
+        pairs.append((a, b) if u <= 0.5 else (b, a))
+    parents, miss = recover_parents(X, y, np.array(new, np.float32), np.array(new_y), k=3, chunk=64)
+    np.testing.assert_array_equal(parents, np.array(pairs))
+    assert miss < 1e-5
+    np.testing.assert_array_equal(recover_parents(X, y, np.array(new, np.float32), np.array(new_y), k=3)[0], parents)
+
+
+def test_full_messages_for_shapes_and_dims():
+    from pipeline.balance import image_geometry
+
+    rows = [r for size in (16, 17, 18, 19, 20, 21) for r in _rows((1,) + (0,) * 6, size=size)]
+    with pytest.raises(BalanceError) as e:
+        image_geometry(to_table(rows), "m.parquet")
+    assert str(e.value) == (
+        "m.parquet mixes image sizes/channels (16x16x1, 17x17x1, 18x18x1, 19x19x1, 20x20x1); pixel-space "
+        "balancing needs one shape. Bring every image to one size and channel count first (`pipeline enhance`), "
+        "or balance in a feature space with --features.")
+    with pytest.raises(BalanceError) as e:
+        check_dims((192, 192, 3), 20_000)
+    assert str(e.value) == (
+        "pixel space at 192x192x3 is 110,592 dims, above --max-dims 20,000: SMOTE holds float32 copies of every "
+        "row and searches neighbours in that space (about 27 GB for 30,000 rows; CMAEN balanced 192x192x3 = "
+        "110,592 dims). Balance before enhancing (at the source resolution), or in a feature space with "
+        "--features FILE from `pipeline embed`; raise --max-dims only if you have the memory.")
+    # the estimate is 4 bytes x 2 copies x 30,000 rows per dim: 1,002,060 dims is 240.49 GB
+    with pytest.raises(BalanceError, match=r"\(about 240 GB for 30,000 rows"):
+        check_dims((1, 1_002_060, 1), 20_000)
+    with pytest.raises(BalanceError, match=r"at 5x2x3 is 30 dims, above --max-dims 29:"):
+        check_dims((2, 5, 3), 29)
+
+
+def test_default_where_and_durations():
+    table = to_table(_tiny_rows((3, 3)) + _tiny_rows((1, 0), split="test"))
+    with pytest.raises(BalanceError, match=r"^manifest holds 1 test rows;"):
+        balance_manifest(table, LS, BalanceConfig(method="random"))
+    with pytest.raises(BalanceError, match=r"^manifest holds 1 test rows;"):
+        balance_features(table, np.zeros((7, 2)), LS, BalanceConfig(method="random"))
+    _, rep = balance_manifest(to_table(_tiny_rows((5, 3))), LS, BalanceConfig(method="random"))
+    assert 0 <= rep["seconds"] < 60 and all(0 <= v < 60 for v in rep["seconds_by_step"].values())
+    r = oversample(*_blobs(), get_label_set("fer2013"), BalanceConfig(method="smote", k_neighbors=3))
+    assert all(0 <= v < 60 for v in r.seconds.values())
