@@ -10,9 +10,28 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_eval import manifest, tiny_checkpoint  # noqa: E402
+from test_eval import manifest, spread_head, tiny_checkpoint  # noqa: E402
 
 torch = pytest.importorskip("torch")
+
+import train.calibrate  # noqa: E402,F401  (loaded at collection: forked test processes inherit it)
+
+
+@pytest.fixture(autouse=True)
+def plot_calls(monkeypatch):
+    """The curve figure is drawn for real by one test (test_calibrate_draws_its_curve); every
+    other test records what calibrate() hands it instead, which is quicker and pins the
+    arguments: the curve, the chosen tau and <out>/calibrate.png."""
+    import train.plots
+
+    calls = []
+
+    def record(curve, tau, path):
+        calls.append((curve, tau, path))
+        return Path(path)
+
+    monkeypatch.setattr(train.plots, "logit_adjustment_curve", record)
+    return calls
 
 
 def test_curve_and_choice_on_a_skewed_problem():
@@ -43,10 +62,14 @@ def test_curve_and_choice_on_a_skewed_problem():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("cal")
-    tiny_checkpoint(d / "run", seed=1)
     train = manifest(d / "m_train.parquet", "fer2013", n=70, seed=1, split="train")
     val = manifest(d / "m_val.parquet", "fer2013", n=42, seed=2, split="val")
-    test = manifest(d / "m_test.parquet", "fer2013", n=42, seed=3, split="test")
+    test = manifest(d / "m_test.parquet", "fer2013", n=14, seed=3, split="test")
+    tiny_checkpoint(d / "run", seed=1)
+    spread_head(d / "run", val, seed=1)  # predictions spread over the classes on the val rows
+    # as trained from scratch and not spread: nearly the same logits for every input, so the
+    # head bias alone decides which class is predicted
+    tiny_checkpoint(d / "plain", seed=1)
     return d, train, val, test
 
 
@@ -70,9 +93,19 @@ def test_calibrated_checkpoint_is_the_model_minus_tau_log_prior(setup):
                                    rtol=1e-5, atol=1e-5)
     assert side["logit_adjustment"]["tau"] == rep["chosen"]["tau"]
     assert side["metrics"]["val_uar"] == rep["chosen"]["uar"]
-    assert (d / "adj" / "calibrate.png").stat().st_size > 1000
     saved = json.loads((d / "adj" / "calibrate.json").read_text())
     assert len(saved["curve"]) == 31 and saved["chosen"] == rep["chosen"]
+
+
+def test_calibrate_draws_its_curve(setup, monkeypatch, tmp_path):
+    """The one test that draws the figure for real (the others record its arguments)."""
+    monkeypatch.undo()  # the real train.plots.logit_adjustment_curve
+    from train.calibrate import CalibrateConfig, calibrate
+
+    d, train, val, _ = setup
+    rep = calibrate(d / "run", val, tmp_path / "fig", CalibrateConfig(tau_max=0.2, tau_step=0.1), train_manifest=train)
+    png = tmp_path / "fig" / "calibrate.png"
+    assert rep["plot"] == str(png) and png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # A skewed training prior, 100 rows: angry 40 %, disgust 2 %, ... (FER2013 order). Its log is
@@ -114,11 +147,11 @@ def test_skewed_prior_bias_by_hand_and_the_recall_it_moves(setup, monkeypatch):
     assert np.log(prior) == pytest.approx(LOG_PRIOR, abs=1e-6)
     # the choice rule has its own test above; here tau is fixed so the bias is known in advance
     monkeypatch.setattr(cal, "choose_tau", lambda curve, drop: next(r for r in curve if r["tau"] == 0.5))
-    rep = cal.calibrate(d / "run", val, d / "skew_adj", cal.CalibrateConfig(), train_manifest=train)
+    rep = cal.calibrate(d / "plain", val, d / "skew_adj", cal.CalibrateConfig(), train_manifest=train)
     want_bias = [-0.5 * v for v in LOG_PRIOR]  # angry +0.458, disgust +1.956, ...
     assert rep["logit_adjustment"]["tau"] == 0.5
     assert rep["logit_adjustment"]["bias"] == pytest.approx(want_bias, abs=1e-5)
-    a, _ = load_checkpoint(d / "run")
+    a, _ = load_checkpoint(d / "plain")
     b, _ = load_checkpoint(d / "skew_adj")
     x = torch.randn(64, 1, 24, 24)
     with torch.no_grad():
@@ -134,7 +167,7 @@ def test_skewed_prior_bias_by_hand_and_the_recall_it_moves(setup, monkeypatch):
     from train.evaluate import EvalConfig, label_mapping, model_logits, read_rows
     from features.labels import get_label_set
 
-    side = json.loads((d / "run" / "best.json").read_text())
+    side = json.loads((d / "plain" / "best.json").read_text())
     rows = read_rows(val, "val", label_mapping(side, get_label_set("fer2013"), tuple(side["labels"]["class_names"]), "none"))
     lv = model_logits(a.eval(), preprocess_of(side), rows, EvalConfig(), "none")
     rec = lambda p: np.array([(p[rows.targets == k] == k).mean() for k in range(7)])  # noqa: E731
@@ -238,7 +271,7 @@ def test_class_prior_counts_train_rows_of_model_classes_only(tmp_path):
         class_prior(val_only, tuple(range(7)), 7)
 
 
-def test_report_records_what_was_chosen_where(setup):
+def test_report_records_what_was_chosen_where(setup, plot_calls):
     from features.manifest import file_sha256
     from train.calibrate import CalibrateConfig, calibrate
 
@@ -253,9 +286,14 @@ def test_report_records_what_was_chosen_where(setup):
     assert block["val_before"] == {k: rep["curve"][0][k] for k in ("acc", "uar", "f1")}
     assert block["val_after"] == {k: rep["chosen"][k] for k in ("acc", "uar", "f1")}
     assert block["rule"] == "highest val UAR within 2.0 points of the unadjusted val accuracy"
-    assert block["method"].startswith("logit adjustment (Menon et al. 2021)")
+    assert block["method"] == "logit adjustment (Menon et al. 2021): logits - tau * log(train prior)"
     assert rep["checkpoint"] == str(d / "run") and rep["out"] == str(d / "rec") and rep["seconds"] >= 0
     assert rep["plot"] == str(d / "rec" / "calibrate.png")
+    assert plot_calls == [(rep["curve"], rep["chosen"]["tau"], d / "rec" / "calibrate.png")]
+    # calibrate.json is the report as returned, less the figure's path (drawn after it is written)
+    text = (d / "rec" / "calibrate.json").read_text()
+    assert text == json.dumps({k: v for k, v in rep.items() if k != "plot"}, indent=2) + "\n"
+    assert 0 <= rep["seconds"] < 600 and rep["seconds"] == round(rep["seconds"], 2)
     side = json.loads((d / "rec" / "best.json").read_text())
     assert side["metrics"] == {"val_acc": rep["chosen"]["acc"], "val_uar": rep["chosen"]["uar"],
                                "val_f1": rep["chosen"]["f1"]}
@@ -303,3 +341,125 @@ def test_progress_counts_every_validation_row(setup):
     calibrate(d / "run", val, d / "prog", CalibrateConfig(tau_max=0.0, batch_size=16), train_manifest=train,
               progress=seen.append)
     assert seen == [16, 16, 10]  # 42 validation rows in batches of 16
+
+
+def _val_logits(run, val):
+    """The model's validation logits computed here: decode, preprocess, forward."""
+    from features.images import decode
+    from features.manifest import read_manifest
+    from train.checkpoint import load_checkpoint
+    from train.transforms import Preprocess
+
+    model, side = load_checkpoint(run)
+    t, _ = read_manifest(val, ["image", "label_id", "split"])
+    x = Preprocess.from_dict(side["preprocess"]).apply([decode(b)[0] for b in t.column("image").to_pylist()])
+    with torch.no_grad():
+        return model.eval()(x).numpy().astype(np.float64), t.column("label_id").to_numpy()
+
+
+def test_curve_is_scikit_learn_on_the_models_own_validation_logits(setup):
+    """Each curve row: accuracy, balanced accuracy and macro-F1 (all 7 classes) of
+    argmax(logits - tau * log prior) on the val rows, logits computed here; the choice follows."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    from train.calibrate import CalibrateConfig, calibrate, choose_tau
+
+    d, _, val, _ = setup
+    train = _skewed_train(d / "skew_train2.parquet")
+    cfg = CalibrateConfig(max_acc_drop=3.0, tau_max=1.0, tau_step=0.25)
+    rep = calibrate(d / "run", val, d / "curve", cfg, train_manifest=train)
+    logits, y = _val_logits(d / "run", val)
+    assert len(set(logits.argmax(1).tolist())) > 2  # a model whose predictions vary
+    want = []
+    for tau in (0.0, 0.25, 0.5, 0.75, 1.0):
+        p = (logits - tau * np.array(LOG_PRIOR)).argmax(1)
+        want.append({"tau": tau, "acc": accuracy_score(y, p), "uar": balanced_accuracy_score(y, p),
+                     "f1": f1_score(y, p, average="macro", labels=list(range(7)), zero_division=0)})
+    assert [r["tau"] for r in rep["curve"]] == [r["tau"] for r in want]
+    for got, w in zip(rep["curve"], want):
+        assert got == pytest.approx(w)
+    assert len({(r["acc"], r["uar"]) for r in rep["curve"]}) > 1  # tau moves the scores here
+    assert rep["chosen"] == choose_tau(rep["curve"], 3.0)
+    assert rep["logit_adjustment"]["bias"] == pytest.approx([-rep["chosen"]["tau"] * v for v in LOG_PRIOR], abs=1e-5)
+
+
+def test_adjustment_curve_f1_and_the_tau_grid_values():
+    """Macro-F1 is over all the model's classes (a class never predicted scores 0), each row
+    carries its tau as a float."""
+    from sklearn.metrics import f1_score
+
+    from train.calibrate import adjustment_curve
+
+    logits = np.array([[2.0, 0, 0], [0, 2, 0], [2, 0, 0], [0, 0, 1], [1.5, 1, 0]])
+    y = [0, 1, 1, 2, 2]
+    log_prior = np.log([0.6, 0.3, 0.1])
+    curve = adjustment_curve(logits, y, log_prior, np.array([0.0, 2.0]))
+    for row, tau in zip(curve, (0.0, 2.0)):
+        p = (logits - tau * log_prior).argmax(1)
+        assert type(row["tau"]) is float and row["tau"] == tau
+        assert row["f1"] == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0))
+        assert set(row) == {"tau", "acc", "uar", "f1"}
+    # by hand: tau = 0 predicts 0, 1, 0, 2, 0 (3 of 5 right; recalls 1, 1/2, 1/2); tau = 2 adds
+    # 1.02, 2.41, 4.61 and predicts class 2 everywhere (recalls 0, 0, 1; F1 of class 2 = 4/7)
+    assert (curve[0]["acc"], curve[0]["uar"]) == pytest.approx((0.6, 2 / 3))
+    assert (curve[1]["acc"], curve[1]["uar"], curve[1]["f1"]) == pytest.approx((0.4, 1 / 3, 4 / 21))
+
+
+def test_refusals_name_the_input_and_what_to_do(setup, tmp_path):
+    from features.manifest import ManifestError, open_manifest
+    from test_eval import _save_any
+    from train.calibrate import CalibrateConfig, calibrate
+    from train.evaluate import EvalError
+
+    d, train, val, _ = setup
+    cfg = CalibrateConfig(tau_max=0.0)
+    adj = tmp_path / "adj"
+    calibrate(d / "run", val, adj, CalibrateConfig(max_acc_drop=100.0, tau_max=0.5, tau_step=0.5), train_manifest=train)
+    tau = json.loads((adj / "best.json").read_text())["logit_adjustment"]["tau"]
+    with pytest.raises(EvalError) as e:
+        calibrate(adj, val, tmp_path / "twice", cfg, train_manifest=train)
+    assert str(e.value) == f"{adj} is already logit-adjusted (tau {tau}); calibrate the checkpoint it came from instead"
+    # a model that fuses caption text takes images too, and is refused as well
+    torch.manual_seed(0)
+    _save_any(tmp_path / "text", "miniaffectgpt", 1, text_dim=16, hidden=16, heads=2)
+    with pytest.raises(EvalError) as e:
+        calibrate(tmp_path / "text", val, tmp_path / "o", cfg, train_manifest=train)
+    assert str(e.value) == f"{tmp_path / 'text'}: calibrate takes image models; miniaffectgpt needs clips, features or captions"
+    # nothing recorded and nothing passed
+    with pytest.raises(EvalError) as e:
+        calibrate(d / "run", None, tmp_path / "o", cfg, train_manifest=train)
+    assert str(e.value) == "--val . does not exist; pass the manifest (the checkpoint records None as its val manifest)"
+    with pytest.raises(EvalError) as e:
+        calibrate(d / "run", val, tmp_path / "o", cfg)
+    assert str(e.value) == ("--train-manifest . does not exist; pass the manifest (the checkpoint records None as its "
+                            "train manifest)")
+    # a file that is not a manifest, in either role: the manifest reader's own line
+    junk = tmp_path / "junk.parquet"
+    junk.write_text("not parquet")
+    with pytest.raises(ManifestError) as want:
+        open_manifest(junk)
+    for v, t in ((junk, train), (val, junk)):
+        with pytest.raises(EvalError) as e:
+            calibrate(d / "run", v, tmp_path / "o", cfg, train_manifest=t)
+        assert str(e.value) == str(want.value)
+    # a manifest of another label set is refused, never scored zero-shot
+    ck_val = manifest(tmp_path / "ck_val.parquet", "ckplus", n=7, split="val")
+    ck_train = manifest(tmp_path / "ck_train.parquet", "ckplus", n=7, split="train")
+    for v, t in ((ck_val, train), (val, ck_train)):
+        with pytest.raises(EvalError, match=r"do not match the manifest's label set 'ckplus' .*pass --label-map auto"):
+            calibrate(d / "run", v, tmp_path / "o", cfg, train_manifest=t)
+    assert not (tmp_path / "o").exists()  # nothing written by any refusal
+
+
+def test_out_folder_is_made_with_its_parents_or_reused(setup, tmp_path):
+    from train.calibrate import CalibrateConfig, calibrate
+
+    d, train, val, _ = setup
+    cfg = CalibrateConfig(tau_max=0.0)
+    deep = tmp_path / "a" / "b" / "c"
+    calibrate(d / "run", val, deep, cfg, train_manifest=train)
+    assert sorted(p.name for p in deep.iterdir()) == ["best.json", "best.safetensors", "calibrate.json"]
+    keep = deep / "notes.txt"
+    keep.write_text("mine")
+    calibrate(d / "run", val, deep, cfg, train_manifest=train)  # an existing folder is written into
+    assert keep.read_text() == "mine"
