@@ -276,7 +276,7 @@ def model_features(model, preprocess, rows: Rows, idx: np.ndarray, cfg: EvalConf
             part = idx[start:start + cfg.batch_size].tolist()
             kw = {}
             if extra and "text" in extra:
-                kw["text"] = torch.from_numpy(extra["text"][part])
+                kw["text"] = torch.from_numpy(extra["text"][part]).to(cfg.device)
             x = torch.from_numpy(extra["x"][part]) if extra and "x" in extra else \
                 _inputs(model, preprocess, rows.images, part)
             f = model.forward_features(x.to(cfg.device), **kw)
