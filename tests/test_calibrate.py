@@ -463,3 +463,43 @@ def test_out_folder_is_made_with_its_parents_or_reused(setup, tmp_path):
     keep.write_text("mine")
     calibrate(d / "run", val, deep, cfg, train_manifest=train)  # an existing folder is written into
     assert keep.read_text() == "mine"
+
+
+def test_tau_grid_is_rounded_to_six_decimals_and_uar_ties_to_twelve():
+    """Grid points are rounded to 1e-6 (0.05 * 3 is 0.15, not 0.15000000000000002), and UARs
+    that agree to 12 decimals are a tie (recalls summed in another order differ in the last
+    bits), which goes to the smaller tau."""
+    from train.calibrate import CalibrateConfig, choose_tau
+
+    assert CalibrateConfig(tau_max=0.15, tau_step=0.05).taus().tolist() == [0.0, 0.05, 0.1, 0.15]
+    assert CalibrateConfig(tau_max=3e-6, tau_step=1.5e-6).taus().tolist() == [0.0, 2e-6, 3e-6]
+    curve = [{"tau": 0.0, "acc": 0.6, "uar": 0.4}, {"tau": 0.5, "acc": 0.6, "uar": 0.45},
+             {"tau": 1.0, "acc": 0.6, "uar": 0.45 + 3e-13}]
+    assert choose_tau(curve, 0.0)["tau"] == 0.5
+    curve[2]["uar"] = 0.45 + 3e-12
+    assert choose_tau(curve, 0.0)["tau"] == 1.0
+
+
+def test_device_batch_size_and_plain_logits_reach_the_model(setup, monkeypatch):
+    """The configured device goes to the loader and to the logits pass, with the batch size,
+    without test-time augmentation and without figures (spied, then run for real)."""
+    import train.calibrate as cal
+    import train.checkpoint as ckpt_mod
+
+    d, train_m, val, _ = setup
+    seen = {}
+    real_load, real_logits = ckpt_mod.load_trained, cal.model_logits
+
+    def load(path, device="cpu"):
+        seen["load"] = (Path(path), device)
+        return real_load(path, device)
+
+    def logits(model, preprocess, rows, cfg, tta, extra=None, progress=None):
+        seen["logits"] = (cfg.device, cfg.batch_size, cfg.plots, tta, extra, len(rows.targets))
+        return real_logits(model, preprocess, rows, cfg, tta, extra, progress)
+
+    monkeypatch.setattr(ckpt_mod, "load_trained", load)
+    monkeypatch.setattr(cal, "model_logits", logits)
+    cal.calibrate(d / "run", val, d / "spied", cal.CalibrateConfig(tau_max=0.0, batch_size=7, device="cpu"),
+                  train_manifest=train_m)
+    assert seen == {"load": (d / "run", "cpu"), "logits": ("cpu", 7, False, "none", None, 42)}

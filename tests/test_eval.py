@@ -1192,3 +1192,52 @@ def test_evaluate_refusals_are_one_clear_line(ckpt, fer_test, tmp_path):
         evaluate(ckpt, ck, EvalConfig(plots=False, label_map="none"))
     val = manifest(tmp_path / "v.parquet", "fer2013", n=7, split="val")
     assert evaluate(ckpt, val, EvalConfig(plots=False, split="val"))["variants"]["all"]["plain"]["n"] == 7
+
+
+class _DeviceSpy(torch.nn.Module):
+    """Records the device of every input it is given; answers with zeros on the CPU."""
+
+    input_kind = "image"
+
+    def __init__(self):
+        super().__init__()
+        self.devices = []
+
+    def forward(self, x, text=None):
+        self.devices.append((x.device.type, None if text is None else text.device.type))
+        return torch.zeros(len(x), 3)
+
+    def forward_features(self, x, text=None):
+        self.devices.append((x.device.type, None if text is None else text.device.type))
+        return torch.zeros(len(x), 2)
+
+
+def test_inputs_and_caption_vectors_go_to_the_configured_device():
+    """Images (every TTA view), embeddings and caption vectors all move to cfg.device, for the
+    logits and for the t-SNE features alike ('meta' stands in for a GPU here)."""
+    from train.evaluate import EvalConfig, model_features, model_logits
+
+    imgs = _images(3)
+    text = np.ones((3, 2), np.float32)
+    cfg = EvalConfig(device="meta", batch_size=2)
+    m = _DeviceSpy()
+    model_logits(m, _Pre(), _rows(imgs, [0] * 3), cfg, "flip", {"text": text})
+    model_logits(m, None, _rows([], [0] * 3), cfg, "none", {"x": np.ones((3, 4), np.float32)})
+    model_features(m, _Pre(), _rows(imgs, [0] * 3), np.arange(3), cfg, {"text": text})
+    model_features(m, None, _rows([], [0] * 3), np.arange(3), cfg, {"x": np.ones((3, 4), np.float32)})
+    assert m.devices == [("meta", "meta")] * 4 + [("meta", None)] * 2 + [("meta", "meta")] * 2 + [("meta", None)] * 2
+
+
+def test_every_member_is_loaded_on_the_configured_device(ckpt, fer_test, monkeypatch):
+    import train.evaluate as ev
+
+    seen = []
+    real = ev.load_trained
+
+    def load(path, device="cpu"):
+        seen.append((path, device))
+        return real(path, device)
+
+    monkeypatch.setattr(ev, "load_trained", load)
+    ev.evaluate([ckpt, ckpt], fer_test, ev.EvalConfig(plots=False, device="cpu"))
+    assert seen == [(ckpt, "cpu"), (ckpt, "cpu")]
