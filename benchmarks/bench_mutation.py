@@ -106,6 +106,18 @@ EQUIVALENT: dict[str, str] = {
                                                      "exact name check below it",
     **{f"features.manifest.x_{f}__mutmut_{n}": "pyarrow reads codec names case-insensitively: 'ZSTD' is zstd"
        for f, n in (("write_manifest", 24), ("write_manifest_set", 32))},
+    **{f"pipeline.ingest.x_holdout__mutmut_{n}": "holdout takes sequences of str (group keys, label names): "
+       "np.asarray of str gives the same strings after .astype(str) with or without dtype=object"
+       for n in (21, 23, 32, 34)},
+    "pipeline.ingest.x_holdout__mutmut_43": "counting each row twice keeps every group's most common label "
+                                            "(and Counter's tie order, which is insertion order)",
+    **{f"pipeline.ingest.x_holdout__mutmut_{n}": "most_common(None) and most_common(2) list the same most "
+       "common label first, the only one read" for n in (61, 62)},
+    **{f"pipeline.ingest.x_holdout__mutmut_{n}": "scikit-learn's shuffle splits are drawn one after another from "
+       "one RandomState(seed): the first split, the only one taken, does not depend on n_splits"
+       for n in (76, 79, 92, 95, 146, 149)},
+    **{f"pipeline.ingest.x_holdout__mutmut_{n}": "GroupShuffleSplit reads only the groups: its _iter_indices "
+       "shuffles the unique groups and never reads X or y" for n in (137, 138)},
 }
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)

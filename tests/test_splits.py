@@ -136,6 +136,17 @@ def test_holdout_falls_back_unstratified_when_a_class_is_too_small():
     assert sorted(np.flatnonzero(mask)) == sorted(want)
     held, kept = _groups_of(mask, g3)
     assert len(held) == 1 and not held & kept
+    # the fraction is honoured there too: 15 % of 6 groups is one group (7 folds asked of 6)
+    g6 = [f"s:{i // 4}" for i in range(24)]
+    l6 = ["a", "b"] * 12
+    for seed in (0, 1, 2):
+        mask, how = holdout(l6, g6, 0.15, seed=seed)
+        assert how == "GroupShuffleSplit (too few groups to stratify)"
+        held, kept = _groups_of(mask, g6)
+        assert len(held) == 1 and mask.sum() == 4 and not held & kept
+        want = _held_groups(GroupShuffleSplit(1, test_size=0.15, random_state=seed), 24, np.array(l6),
+                            np.unique(g6, return_inverse=True)[1])
+        assert sorted(np.flatnonzero(mask)) == sorted(want)
 
 
 def test_holdout_with_nothing_to_split():
@@ -165,6 +176,25 @@ def test_holdout_is_quiet():
         _, how = holdout(labels, groups, 0.2, seed=0)
     assert "StratifiedGroupKFold" in how
     assert [str(w.message) for w in caught] == []
+
+
+def test_holdout_silences_only_user_warnings(monkeypatch):
+    # a warning of another kind raised inside the split (here a splitter that announces a
+    # deprecation) still reaches the caller: only sklearn's UserWarning notices are hushed
+    import sklearn.model_selection as ms
+
+    class Announcing(ms.StratifiedShuffleSplit):
+        def split(self, X, y=None, groups=None):
+            warnings.warn("this splitter will change", DeprecationWarning)
+            warnings.warn("few members", UserWarning)
+            return super().split(X, y, groups)
+
+    monkeypatch.setattr(ms, "StratifiedShuffleSplit", Announcing)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask, how = holdout(list("ab" * 10), [str(i) for i in range(20)], 0.2, seed=0)
+    assert how == "StratifiedShuffleSplit over groups" and mask.sum() == 4
+    assert [(w.category, str(w.message)) for w in caught] == [(DeprecationWarning, "this splitter will change")]
 
 
 # --------------------------------------------------------------------------- assign_splits
