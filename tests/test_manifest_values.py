@@ -101,24 +101,6 @@ def test_to_table_rows_default_synthetic_and_leak_to_false():
 # ----------------------------------------------------------------------------- what a writer writes
 
 
-def _layout(path: Path) -> tuple[list[int], set[str]]:
-    md = pq.ParquetFile(path).metadata
-    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
-    codecs = {md.row_group(g).column(j).compression for g in range(md.num_row_groups)
-              for j in range(md.num_columns)}
-    return sizes, codecs
-
-
-def test_writers_use_zstd_row_groups_of_2048_rows(tmp_path):
-    # 2048-row groups let DuckDB and the trainer read slices; 5000 rows = 2048 + 2048 + 904
-    t = manifest.to_table(_rows(5000))
-    p = manifest.write_manifest(t, tmp_path / "m.parquet", FER)
-    assert _layout(p) == ([2048, 2048, 904], {"ZSTD"})
-    a, b = manifest.write_manifest_set([(t, tmp_path / "a.parquet", FER, {}), (t.slice(0, 10), tmp_path / "b.parquet",
-                                                                              FER, {})])
-    assert _layout(a) == ([2048, 2048, 904], {"ZSTD"}) and _layout(b) == ([10], {"ZSTD"})
-
-
 def test_producer_is_stamped_as_sorted_json_with_paths_as_text(tmp_path):
     producer = {"stage": "ingest", "out": Path("m/x.parquet"), "a": 1}
     p = manifest.write_manifest(manifest.to_table(_rows(2)), tmp_path / "m.parquet", FER, producer)
@@ -140,14 +122,15 @@ def test_a_file_without_producer_metadata_reads_as_no_producer(tmp_path):
     assert manifest.open_manifest(q)[1] == FER
 
 
-def test_written_files_get_the_usual_permissions(tmp_path):
-    old = os.umask(0o027)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_usual_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
     try:
         p = manifest.write_manifest(manifest.to_table(_rows(2)), tmp_path / "m.parquet", FER)
         q = manifest.atomic_write_bytes(tmp_path / "b.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
     finally:
         os.umask(old)
-    assert p.stat().st_mode & 0o777 == 0o640 and q.stat().st_mode & 0o777 == 0o640
+    assert p.stat().st_mode & 0o777 == mode and q.stat().st_mode & 0o777 == mode
 
 
 # ----------------------------------------------------------------------------- messages: schema
@@ -532,14 +515,30 @@ def test_a_write_sweeps_only_its_own_dead_temps(tmp_path):
 # ----------------------------------------------------------------------------- sweeping temp files
 
 
-def test_a_live_writer_in_another_process_is_asked_nothing(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+# The child reports any signal that reaches it (even one its parent ignores, such as SIGHUP under nohup).
+_LISTEN = """
+import os, signal, time
+def got(n, frame):
+    os._exit(100 + n)
+for s in signal.valid_signals():
     try:
+        signal.signal(s, got)
+    except (OSError, ValueError, RuntimeError):
+        pass
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_live_writer_in_another_process_is_sent_no_signal(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", _LISTEN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
         live = tmp_path / f".m.parquet.{child.pid}-abcdefgh.tmp"
         live.write_bytes(b"in progress")
         assert manifest.sweep_stale_tmp(tmp_path) == []
         assert live.exists()
-        with pytest.raises(subprocess.TimeoutExpired):  # a probe only: no signal reached it
+        with pytest.raises(subprocess.TimeoutExpired):  # a probe only (signal 0): nothing was delivered
             child.wait(timeout=0.3)
     finally:
         child.kill()
@@ -641,3 +640,24 @@ def test_file_sha256_is_hashlibs_over_the_whole_file(tmp_path):
     assert manifest.file_sha256(p, 0) == full  # 0 means no limit, like None
     (tmp_path / "e.bin").write_bytes(b"")
     assert manifest.file_sha256(tmp_path / "e.bin") == hashlib.sha256(b"").hexdigest()
+
+
+# ----------------------------------------------------------------------------- file layout (the slowest, last)
+
+
+def _layout(path: Path) -> tuple[list[int], set[str]]:
+    md = pq.ParquetFile(path).metadata
+    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    codecs = {md.row_group(g).column(j).compression for g in range(md.num_row_groups)
+              for j in range(md.num_columns)}
+    return sizes, codecs
+
+
+def test_writers_use_zstd_row_groups_of_2048_rows(tmp_path):
+    # 2048-row groups let DuckDB and the trainer read slices; 5000 rows = 2048 + 2048 + 904
+    t = manifest.to_table(_rows(5000))
+    p = manifest.write_manifest(t, tmp_path / "m.parquet", FER)
+    assert _layout(p) == ([2048, 2048, 904], {"ZSTD"})
+    a, b = manifest.write_manifest_set([(t, tmp_path / "a.parquet", FER, {}), (t.slice(0, 10), tmp_path / "b.parquet",
+                                                                              FER, {})])
+    assert _layout(a) == ([2048, 2048, 904], {"ZSTD"}) and _layout(b) == ([10], {"ZSTD"})
