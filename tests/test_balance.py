@@ -631,21 +631,22 @@ def test_balance_features_by_hand():
         balance_features(to_table(ids_rows + _tiny_rows((1,) + (0,) * 6, split="val")), np.zeros((10, 4)), LS, cfg)
 
 
-class _Shifted:
-    """A sampler whose new rows are moved by `delta` along the first axis (a fault injected to
-    check the replay's tolerance); everything else is the wrapped imblearn sampler's."""
+def _shifted_smote(delta, rows=None, extra_table=False):
+    """imblearn's SMOTE with a fault injected: new rows `rows` (all when None) moved by `delta`
+    along the first axis, and with `extra_table` one more neighbour query after resampling."""
+    from imblearn.over_sampling import SMOTE
 
-    def __init__(self, inner, delta):
-        self.inner, self.delta = inner, delta
+    class ShiftedSMOTE(SMOTE):
+        def fit_resample(self, X, y):
+            Xr, yr = super().fit_resample(X, y)
+            Xr = np.array(Xr, np.float64)
+            new = np.arange(len(X), len(Xr))
+            Xr[new if rows is None else new[rows], 0] += delta
+            if extra_table:
+                self.nn_k_.kneighbors(X[:2], return_distance=False)
+            return Xr, yr
 
-    def fit_resample(self, X, y):
-        Xr, yr = self.inner.fit_resample(X, y)
-        Xr = np.array(Xr, np.float64)
-        Xr[len(X):, 0] += self.delta
-        return Xr, yr
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    return ShiftedSMOTE
 
 
 @pytest.mark.parametrize("scale", [4.0, 0.5])  # largest |X| above 1, and below (the tolerance uses at least 1)
@@ -653,19 +654,56 @@ class _Shifted:
 def test_parents_exact_means_within_the_stated_tolerance(monkeypatch, scale, ratio):
     """parents_exact holds when every new row lies within 1e-5 * max(1, max|X|) * sqrt(dims) of
     its parents' segment: a shift of 0.7x that is accepted, 1.5x is not (and is searched for)."""
-    import pipeline.balance as bal
+    import imblearn.over_sampling
 
     X, y = _blobs(counts=(20, 8), dims=4, seed=6)
     X = (X / np.abs(X).max() * scale).astype(np.float32)
     X[0, 0] = scale  # the largest |X|, exactly
     tol = 1e-5 * max(1.0, scale) * np.sqrt(4)
-    real = bal._sampler
-    monkeypatch.setattr(bal, "_sampler", lambda cfg, strategy: _Shifted(real(cfg, strategy), ratio * tol))
+    monkeypatch.setattr(imblearn.over_sampling, "SMOTE", _shifted_smote(ratio * tol))
     r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=1, k_neighbors=3))
     assert len(r.labels) == 12
     assert r.residual == pytest.approx(ratio * tol, rel=0.05)
     assert r.parents_exact == (ratio < 1)
     assert r.parents_by == ("replayed" if ratio < 1 else "searched")
+
+
+def test_replay_checks_every_row_across_chunks(monkeypatch):
+    # one row moved off its segment, right at the start of the second chunk of 2,048
+    import imblearn.over_sampling
+
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(0, 1, (2110, 3)), rng.normal(0.5, 1, (10, 3))]).astype(np.float32)
+    y = np.repeat([0, 1], [2110, 10])
+    tol = 1e-5 * float(np.abs(X).max()) * np.sqrt(3)
+    monkeypatch.setattr(imblearn.over_sampling, "SMOTE", _shifted_smote(2 * tol, rows=[2048]))
+    r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=0, k_neighbors=3))
+    assert r.parents_by == "searched" and not r.parents_exact
+
+
+def test_replay_refuses_a_neighbour_table_it_did_not_use(monkeypatch):
+    # another imblearn that queried its neighbours once more: the replay cannot tell which table
+    # is which, so it leaves the parents to the search
+    import imblearn.over_sampling
+
+    monkeypatch.setattr(imblearn.over_sampling, "SMOTE", _shifted_smote(0.0, extra_table=True))
+    X, y = _blobs(counts=(20, 8), dims=4, seed=6)
+    r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=1, k_neighbors=3))
+    assert r.parents_by == "searched" and r.parents_exact
+    np.testing.assert_array_equal(r.parents, _true_parents(X, y, r.vectors, r.labels)[0])
+
+
+def test_borderline_replay_goes_on_past_a_class_without_danger_rows():
+    # class 1 sits far away (no 'danger' rows, nothing drawn); class 2 overlaps class 0 and is grown
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(0, 1, (30, 3)), rng.normal(60, 1, (8, 3)),
+                        rng.normal(0.8, 1, (10, 3))]).astype(np.float32)
+    y = np.repeat([0, 1, 2], [30, 8, 10])
+    r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="borderline", seed=0, k_neighbors=3,
+                                                                  m_neighbors=6, target=30))
+    assert r.counts_after[1] == 8 and r.counts_after[2] == 30
+    assert r.parents_by == "replayed" and r.parents_exact
+    np.testing.assert_array_equal(r.parents, _true_parents(X, y, r.vectors, r.labels)[0])
 
 
 def test_parent_search_refuses_a_row_without_candidates():
