@@ -490,7 +490,7 @@ def test_device_batch_size_and_plain_logits_reach_the_model(setup, monkeypatch):
     seen = {}
     real_load, real_logits = ckpt_mod.load_trained, cal.model_logits
 
-    def load(path, device="cpu"):
+    def load(path, device=None):
         seen["load"] = (Path(path), device)
         return real_load(path, device)
 
@@ -500,6 +500,7 @@ def test_device_batch_size_and_plain_logits_reach_the_model(setup, monkeypatch):
 
     monkeypatch.setattr(ckpt_mod, "load_trained", load)
     monkeypatch.setattr(cal, "model_logits", logits)
-    cal.calibrate(d / "run", val, d / "spied", cal.CalibrateConfig(tau_max=0.0, batch_size=7, device="cpu"),
+    # "cpu:0" rather than the default "cpu", so a dropped argument cannot pass for a passed one
+    cal.calibrate(d / "run", val, d / "spied", cal.CalibrateConfig(tau_max=0.0, batch_size=7, device="cpu:0"),
                   train_manifest=train_m)
-    assert seen == {"load": (d / "run", "cpu"), "logits": ("cpu", 7, False, "none", None, 42)}
+    assert seen == {"load": (d / "run", "cpu:0"), "logits": ("cpu:0", 7, False, "none", None, 42)}

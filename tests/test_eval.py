@@ -1234,10 +1234,11 @@ def test_every_member_is_loaded_on_the_configured_device(ckpt, fer_test, monkeyp
     seen = []
     real = ev.load_trained
 
-    def load(path, device="cpu"):
+    def load(path, device=None):
         seen.append((path, device))
         return real(path, device)
 
     monkeypatch.setattr(ev, "load_trained", load)
-    ev.evaluate([ckpt, ckpt], fer_test, ev.EvalConfig(plots=False, device="cpu"))
-    assert seen == [(ckpt, "cpu"), (ckpt, "cpu")]
+    # "cpu:0" rather than the default "cpu", so a dropped argument cannot pass for a passed one
+    ev.evaluate([ckpt, ckpt], fer_test, ev.EvalConfig(plots=False, device="cpu:0"))
+    assert seen == [(ckpt, "cpu:0"), (ckpt, "cpu:0")]
