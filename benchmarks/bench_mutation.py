@@ -112,6 +112,8 @@ EQUIVALENT: dict[str, str] = {
                                                      "exact name check below it",
     **{f"features.manifest.x_{f}__mutmut_{n}": "pyarrow reads codec names case-insensitively: 'ZSTD' is zstd"
        for f, n in (("write_manifest", 24), ("write_manifest_set", 32))},
+    **{f"features.manifest.x_to_table__mutmut_{n}": "Table.from_arrays(schema=...) casts an all-null array to "
+       "the field's type: pa.nulls(n) gives the same typed column as pa.nulls(n, f.type)" for n in (11, 13)},
     **{f"pipeline.ingest.x_holdout__mutmut_{n}": "holdout takes sequences of str (group keys, label names): "
        "np.asarray of str gives the same strings after .astype(str) with or without dtype=object"
        for n in (21, 23, 32, 34)},
