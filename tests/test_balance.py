@@ -681,6 +681,17 @@ def test_replay_checks_every_row_across_chunks(monkeypatch):
     assert r.parents_by == "searched" and not r.parents_exact
 
 
+@pytest.mark.parametrize("row", [0, 11])
+def test_replay_checks_the_first_and_last_row(monkeypatch, row):
+    import imblearn.over_sampling
+
+    X, y = _blobs(counts=(20, 8), dims=4, seed=6)
+    tol = 1e-5 * float(np.abs(X).max()) * np.sqrt(4)
+    monkeypatch.setattr(imblearn.over_sampling, "SMOTE", _shifted_smote(2 * tol, rows=[row]))
+    r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=1, k_neighbors=3))
+    assert len(r.labels) == 12 and r.parents_by == "searched"  # the replay noticed; the search took over
+
+
 def test_replay_refuses_a_neighbour_table_it_did_not_use(monkeypatch):
     # another imblearn that queried its neighbours once more: the replay cannot tell which table
     # is which, so it leaves the parents to the search
