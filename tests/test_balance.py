@@ -484,10 +484,48 @@ def test_a_sampler_that_stops_short_is_reported(monkeypatch):
 
     monkeypatch.setattr(bal, "_sampler", lambda cfg, strategy: RandomOverSampler(
         sampling_strategy={c: t - 3 for c, t in strategy.items()}, random_state=cfg.seed))
-    X, y = _blobs(counts=(20, 10, 20))
+    X, y = _blobs(counts=(20, 10, 17))
     r = oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="random"))
-    assert r.counts_after[1] == 17
-    assert r.shortfalls[0].message() == "class 'disgust' reached 17 of its target 20: the oversampler generated only 7 rows"
+    assert r.counts_after == {0: 20, 1: 17, 2: 17}
+    assert [s.message() for s in r.shortfalls[:2]] == [
+        "class 'disgust' reached 17 of its target 20: the oversampler generated only 7 rows",
+        "class 'fear' reached 17 of its target 20: the oversampler generated only 0 rows"]
+
+
+def test_the_neighbour_recorder_answers_as_nearest_neighbors(monkeypatch):
+    # the k-neighbour estimator handed to imblearn answers every query as scikit-learn's
+    # NearestNeighbors does and keeps each index table it returns
+    import imblearn.over_sampling
+    from imblearn.over_sampling import SMOTE
+    from sklearn.neighbors import NearestNeighbors
+
+    seen = {}
+
+    class Probing(SMOTE):
+        def fit_resample(self, X, y):
+            out = super().fit_resample(X, y)
+            nn = self.nn_k_
+            seen["own"] = [t.copy() for t in nn.tables_]
+            seen["default"] = nn.kneighbors(X[:4])
+            seen["two"] = nn.kneighbors(X[:4], n_neighbors=2, return_distance=True)
+            seen["idx"] = nn.kneighbors(X[:4], 3, False)
+            seen["tables"] = nn.tables_[len(seen["own"]):]
+            return out
+
+    monkeypatch.setattr(imblearn.over_sampling, "SMOTE", Probing)
+    X, y = _blobs(counts=(20, 8), dims=4, seed=6)
+    oversample(X, y, get_label_set("fer2013"), BalanceConfig(method="smote", seed=1, k_neighbors=3))
+    plain = NearestNeighbors(n_neighbors=4).fit(X[y == 1])  # k + 1: the row itself and its 3 neighbours
+    assert len(seen["own"]) == 1
+    np.testing.assert_array_equal(seen["own"][0], plain.kneighbors(X[y == 1], return_distance=False))
+    for got, want in ((seen["default"], plain.kneighbors(X[:4])), (seen["two"], plain.kneighbors(X[:4], 2))):
+        assert isinstance(got, tuple) and len(got) == 2
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+        np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(seen["idx"], plain.kneighbors(X[:4], 3, return_distance=False))
+    assert [t.shape for t in seen["tables"]] == [(4, 4), (4, 2), (4, 3)]
+    for t, want in zip(seen["tables"], (seen["default"][1], seen["two"][1], seen["idx"])):
+        np.testing.assert_array_equal(t, want)
 
 
 def test_geometry_and_dims_messages():
