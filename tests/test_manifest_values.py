@@ -40,7 +40,7 @@ def _rows(n: int) -> list[dict]:
 
 
 def _raw(path: Path, rows: list[dict], *, producer=None, stats: bool = True, row_group_size: int | None = None,
-         meta: dict | None = None, **write_kw) -> Path:
+         **write_kw) -> Path:
     """A manifest written straight with pyarrow, past the writer's checks: nulls and bad values land
     in the file as they would from another tool or an edit. The required columns are declared
     nullable (Parquet refuses nulls otherwise); check_schema compares types only."""
@@ -48,7 +48,6 @@ def _raw(path: Path, rows: list[dict], *, producer=None, stats: bool = True, row
     m = {META_VERSION: SCHEMA_VERSION.encode(), META_LABEL_SET: FER.to_json().encode()}
     if producer is not None:
         m[META_PRODUCER] = producer if isinstance(producer, bytes) else json.dumps(producer).encode()
-    m.update(meta or {})
     schema = pa.schema([f.with_nullable(True) for f in t.schema], metadata=m)
     pq.write_table(pa.Table.from_arrays(t.columns, schema=schema), path, write_statistics=stats,
                    row_group_size=row_group_size, **write_kw)
