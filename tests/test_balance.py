@@ -394,6 +394,7 @@ def test_nothing_to_do_when_already_balanced(method):
                                                                   m_neighbors=4))
     assert r.vectors.shape == (0, 5) and r.vectors.dtype == np.float32
     assert r.labels.shape == (0,) and r.parents.shape == (0, 2)
+    assert r.labels.dtype == np.int64 and r.parents.dtype == np.int64  # the same types as when rows are made
     assert r.residual == 0.0 and r.parents_exact
     assert r.parents_by == ("copied" if method == "random" else "replayed")
     assert r.counts_after == r.counts_before == {0: 10, 1: 10, 2: 10}
