@@ -1,7 +1,7 @@
 """Find model weights locally: an explicit path, or a hub id already in the HF cache.
 
 affectlab never downloads inside a stage's constructor. A user who has network can fetch a
-model once (`huggingface-cli download ID`), or put the files in a folder and pass its path;
+model once (`hf download ID`), or put the files in a folder and pass its path;
 with neither, the error says exactly which file or id to put where.
 """
 
@@ -42,7 +42,7 @@ def resolve(spec: str, what: str, files: tuple[str, ...] = ("config.json",)) -> 
             return snap
         raise WeightsNotFound(
             f"{what}: {spec!r} is not in the Hugging Face cache ({hf_cache_dir()}) and this run is "
-            f"offline. On a machine with network run `huggingface-cli download {spec}` (then copy "
+            f"offline. On a machine with network run `hf download {spec}` (then copy "
             f"{hf_cache_dir()} here), or download the model's files (config.json, the weights, the "
             "processor/tokenizer files) into a folder and pass its path instead of the id; "
             "`pipeline weights` lists every model and where it goes.")
@@ -137,7 +137,7 @@ class WeightFile:
 def catalogue() -> list[WeightFile]:
     """Every pretrained file affectlab can read, in the order `pipeline weights` lists them."""
     wd, tc = str(weights_dir()), str(torch_checkpoints_dir())
-    hf = "on a machine with network: `huggingface-cli download {}`, then copy the HF cache here"
+    hf = "on a machine with network: `hf download {}`, then copy the HF cache here"
     # The BLIP ids are features.blip's CAPTION_MODEL / VQA_MODEL, spelled out because features.blip
     # imports this module (tests/test_caption.py checks they agree).
     out = [

@@ -195,7 +195,7 @@ def test_decode_rejects_bad_bytes():
 
 def test_hub_resolve_offline_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(hub.WeightsNotFound, match="huggingface-cli download Salesforce/blip"):
+    with pytest.raises(hub.WeightsNotFound, match="hf download Salesforce/blip"):
         hub.resolve("Salesforce/blip-image-captioning-base", "BLIP captioner")
     with pytest.raises(hub.WeightsNotFound, match="no file or folder"):
         hub.resolve(str(tmp_path / "ckpt.pth"), "SwinIR")
