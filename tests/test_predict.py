@@ -355,6 +355,19 @@ def test_crop_box_is_the_default_and_landmarks_is_the_template_crop(ckpt, astron
     assert got_box.shape != got_marks.shape or not np.array_equal(got_box, got_marks)
     with pytest.raises(PredictError, match="crop 'eyes' unknown"):
         EmotionPredictor.from_checkpoint(ckpt, detector="none", crop="eyes")
+    # a negative pad tightens the crop (docs/predict.md reports pads -0.1 and -0.05) ...
+    tight = EmotionPredictor.from_checkpoint(ckpt, detector="mtcnn", pad=-0.1)
+    np.testing.assert_array_equal(tight.faces(astronaut)[0].crop,
+                                  crop_face(astronaut, face, pad=-0.1, align=True, template=None))
+    # ... down to a limit named in one line, by the API and by the CLI
+    with pytest.raises(PredictError, match="pad -0.5 leaves no face to crop"):
+        EmotionPredictor.from_checkpoint(ckpt, detector="none", pad=-0.5)
+    from typer.testing import CliRunner
+
+    from train.cli import app
+    r = CliRunner().invoke(app, ["predict", "x.png", "--checkpoint", str(ckpt), "--pad", "-0.5"])
+    assert r.exit_code == 2 and r.stderr.strip() == ("train predict: --pad -0.5 leaves no face to crop; use a "
+                                                     "value above -0.5 (0: the box itself)")
 
 
 def test_a_photo_named_twice_is_predicted_once_and_one_bad_input_is_one_line(ckpt, inputs, tmp_path):

@@ -142,6 +142,8 @@ class EmotionPredictor:
         per face; such a model without it is refused. `tta` "flip" (default) averages the logits
         of each face and its mirror image (horizontal flip TTA, as `train eval --tta flip`; twice
         the model time, which is small beside detection), "none" classifies the face once."""
+        if pad is not None and not -0.5 < pad:
+            raise PredictError(f"pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)")
         if crop not in CROPS:
             raise PredictError(f"crop {crop!r} unknown; use one of {', '.join(CROPS)}")
         if tta not in TTA_MODES:

@@ -23,8 +23,9 @@ def command(
                                           "installed, else haar) | mtcnn | haar | retinaface (needs its "
                                           "weights in --weights-dir) | none (inputs are crops).")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder.")] = None,
-    pad: Annotated[float | None, typer.Option("--pad", min=0.0, help="Margin around a detected face, "
-                                              "as a fraction of its size (default: tuned per detector).")] = None,
+    pad: Annotated[float | None, typer.Option("--pad", help="Margin around a detected face, as a fraction "
+                                              "of its size per side: > 0 widens, < 0 (above -0.5) tightens "
+                                              "(default: tuned per detector).")] = None,
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Report 'no face' instead of "
                                               "classifying the central square of a photo without one.")] = False,
     crop: Annotated[str, typer.Option("--crop", help="box: the detected box plus --pad, eyes levelled "
@@ -65,6 +66,10 @@ def command(
             err.print(f"train predict: {flag} {value!r} unknown; use one of {', '.join(allowed)}",
                       markup=False, highlight=False)
             raise typer.Exit(2)
+    if pad is not None and not -0.5 < pad:  # 1 + 2 * pad is the crop's side over the face's
+        err.print(f"train predict: --pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)",
+                  markup=False, highlight=False)
+        raise typer.Exit(2)
     try:
         from features.device import resolve_device
 
