@@ -1,7 +1,8 @@
 """The error edge of both Typer apps: a user's mistake ends in one line and exit code 2.
 
-`EdgeGroup` is the click group class of `pipeline` and `train`. It lets click's own usage
-errors and `typer.Exit` through, and turns every error class this project defines (any
+`EdgeGroup` is the click group class of `pipeline` and `train`. It turns click's usage errors
+(a bad option value, an unknown option, a missing argument) into one line naming the command,
+lets `typer.Exit` through, and turns every error class this project defines (any
 exception class from the `features`, `pipeline` or `train` packages: ManifestError,
 CheckpointError, WeightsError, DeviceError, IngestError, ...) and every OSError (unwritable
 output, full disk, a missing file) into one line on stderr, ``<app> <command>: <message>``,
@@ -59,12 +60,33 @@ class EdgeGroup(TyperGroup):
             return super().invoke(ctx)
         except Exception as e:  # noqa: BLE001 - filtered by is_user_error; the rest is re-raised
             # click's own exits and usage errors (typer carries its own copy of click) pass through
+            if _is_usage_error(e):
+                _usage_line(ctx, e)
+                raise typer.Exit(EXIT_USER_ERROR) from None
             if type(e).__module__.split(".")[0] in ("click", "typer") or not is_user_error(e) \
                     or os.environ.get("AFFECTLAB_TRACEBACK"):
                 raise
             sub = ctx.invoked_subcommand or ""
             typer.echo(f"{_prog(ctx)}{' ' + sub if sub else ''}: {one_line(e)}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    """click's UsageError family (bad value, unknown option, missing argument, no such command),
+    matched by class name: typer carries its own copy of click, so there are two such classes.
+    A bare command's help (NoArgsIsHelpError) is not an error to shorten."""
+    return (type(e).__module__.split(".")[0] in ("click", "typer") and type(e).__name__ != "NoArgsIsHelpError"
+            and any(c.__name__ == "UsageError" for c in type(e).__mro__))
+
+
+def _usage_line(ctx, e) -> None:
+    """`<app> <command>: <click's message> (options: <app> <command> --help)` on stderr; click
+    would print a usage box of five lines instead."""
+    sub = (e.ctx.info_name if getattr(e, "ctx", None) is not None and e.ctx is not ctx
+           else ctx.invoked_subcommand or "")
+    where = f"{_prog(ctx)}{' ' + sub if sub else ''}"
+    msg = " ".join(part.strip() for part in e.format_message().splitlines() if part.strip())
+    typer.echo(f"{where}: {msg} (options: {where} --help)", err=True)
 
 
 def _prog(ctx) -> str:

@@ -11,7 +11,7 @@ from features.blip import CAPTION_MODEL, VQA_MODEL
 
 
 def command(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), video files, "
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT", help="Image files, folders (recursive), video files, "
                                                 "or a camera index (0, 1, ...).")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Run dir or .safetensors "
                                                     "file (default: the model shipped in train/weights/).")] = None,
