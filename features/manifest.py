@@ -279,6 +279,14 @@ _VALUE_COLUMNS = ["sample_id", "label", "label_id"]
 _checked: dict[tuple[str, int, int], bool] = {}
 
 
+def clear_value_cache() -> None:
+    """Forget which files' values were checked (open_manifest re-checks each file it opens next).
+
+    The cache is keyed by (path, mtime, size), so a file rewritten in place is re-checked anyway;
+    this is for a long-lived process that wants a clean start, and for tests."""
+    _checked.clear()
+
+
 def _writer_remedy(producer: dict | None, reading: bool = False) -> str:
     """What to re-run: the command that wrote the file (from its producer metadata) when known."""
     cmd = (producer or {}).get("command") or (producer or {}).get("stage")

@@ -384,15 +384,26 @@ def test_the_cache_forgets_a_file_that_changed(tmp_path):
 
 
 def test_the_cache_holds_at_most_257_files_then_starts_over(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest, "_checked", {})
+    """Seen through its effect: a cached file's values are not checked again; the 258th file
+    empties the cache, so the first file is checked again after it."""
+    manifest.clear_value_cache()
+    checked = []
+    real = manifest.check_values
+    monkeypatch.setattr(manifest, "check_values", lambda table, ls, where, *a, **k: (checked.append(where),
+                                                                                      real(table, ls, where, *a, **k)))
     src = _raw(tmp_path / "m.parquet", _rows(2))
-    sizes = []
-    for i in range(259):
-        p = tmp_path / f"c{i}.parquet"
-        shutil.copyfile(src, p)
+    paths = []
+    for i in range(258):
+        paths.append(tmp_path / f"c{i}.parquet")
+        shutil.copyfile(src, paths[-1])
+    for p in paths[:257]:
         manifest.open_manifest(p)
-        sizes.append(len(manifest._checked))
-    assert sizes[:257] == list(range(1, 258)) and sizes[257:] == [1, 2]
+    assert checked == [str(p) for p in paths[:257]]
+    manifest.open_manifest(paths[0])  # still cached: 257 files fit
+    assert len(checked) == 257
+    manifest.open_manifest(paths[257])  # the 258th: the cache starts over with it
+    manifest.open_manifest(paths[0])
+    assert checked[257:] == [str(paths[257]), str(paths[0])]
 
 
 # ----------------------------------------------------------------------------- reading columns
