@@ -231,8 +231,15 @@ def test_cli_json_csv_table(ckpt, inputs, tmp_path):
     r = runner.invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), "--json", "--no-fallback"])
     assert r.exit_code == 0 and {d["status"] for d in json.loads(r.stdout)} == {"ok", "no_face"}
     r = runner.invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt)])
-    assert r.exit_code == 0 and "1 inputs/frames, 1 faces (0 face_source=whole_image" in r.stderr
+    assert r.exit_code == 0 and "1 input/frame, 1 face (0 face_source=whole_image" in r.stderr
     assert "box (x,y,w,h)" in r.stdout and any(name in r.stdout for name in FER)
+    # the table marks the whole-image fallback as JSON and CSV do, shows no frame column for
+    # photos, heads top-k with what a 7-class model can show, and folds nothing into a pipe
+    r = runner.invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), "--top-k", "10"])
+    rows = [ln for ln in r.stdout.splitlines() if "blank.png" in ln or "astronaut.png" in ln]
+    assert r.exit_code == 0 and len(rows) == 2, r.stdout
+    assert sum("(whole image)" in ln for ln in rows) == 1 and "(whole image)" in next(ln for ln in rows if "blank.png" in ln)
+    assert "top-7" in r.stdout and "top-10" not in r.stdout and "frame" not in r.stdout
     r = runner.invoke(app, ["predict", str(tmp_path / "nothing.png"), "--checkpoint", str(ckpt)])
     assert r.exit_code == 2 and "no such file" in r.stderr
 

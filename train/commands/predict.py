@@ -108,8 +108,8 @@ def command(
     cams = sum(len(r.gradcam) for r in records)
     whole = (f"{s['whole_image']} whole images: --detector none" if predictor.detector == "none" else
              f"{s['whole_image']} face_source=whole_image: no face found, central square classified")
-    err.print(f"{s['inputs']} inputs/frames, {s['faces']} faces ({whole}), {s['no_face']} without a face, "
-              f"{s['errors']} errors"
+    err.print(f"{_n(s['inputs'], 'input/frame', 'inputs/frames')}, {_n(s['faces'], 'face')} ({whole}), "
+              f"{s['no_face']} without a face, {_n(s['errors'], 'error')}"
               + (f", {s['skipped']} files skipped by extension" if s["skipped"] else "")
               + f"; detector {predictor.detector}, TTA {predictor.tta}"
               + (f"; annotated video: {out_video}" if out_video else "")
@@ -123,6 +123,10 @@ def command(
         raise typer.Exit(2)
 
 
+def _n(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def _reason(record) -> str:
     """The record's message without the path it already starts with (the line names it once)."""
     head = f"{record.source}: "
@@ -130,20 +134,28 @@ def _reason(record) -> str:
 
 
 def _table(records, top_k: int) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
+    shown = [r for r in records if r.status not in ("error", "skipped")]
+    frames = any(r.frame is not None for r in shown)  # still photos need no frame column
+    k = max((len(f.topk) for r in shown for f in r.faces), default=top_k)  # a model has <= C classes
     t = Table()
-    for col in ("input", "frame", "face", "box (x,y,w,h)", "label", "prob", f"top-{top_k}"):
+    cols = ["input", *(["frame"] if frames else []), "face", "box (x,y,w,h)", "label", "prob", f"top-{k}"]
+    for col in cols:
         t.add_column(col, overflow="fold")
-    for r in records:
-        if r.status in ("error", "skipped"):
-            continue
+    for r in shown:
+        frame = ["" if r.frame is None else str(r.frame)] if frames else []
         if not r.faces:
             if r.frame is None:
-                t.add_row(r.source, "", "", "", "[dim]no face[/]", "", "")
+                t.add_row(r.source, *frame, "", "", "[dim]no face[/]", "", "")
             continue
         for i, f in enumerate(r.faces):
-            t.add_row(r.source, "" if r.frame is None else str(r.frame), str(i), ",".join(map(str, f.box)),
-                      f.label, f"{f.prob:.3f}", " ".join(f"{lab}:{p:.2f}" for lab, p in f.topk))
-    Console().print(t)
+            # a photo without a detected face is classified whole: the table says so, as JSON/CSV do
+            face = f"{i} (whole image)" if f.face_source == "whole_image" else str(i)
+            t.add_row(r.source, *frame, face, ",".join(map(str, f.box)), f.label, f"{f.prob:.3f}",
+                      " ".join(f"{lab}:{p:.2f}" for lab, p in f.topk))
+    # into a file or a pipe: no 80-column folding of paths and numbers
+    Console(width=None if sys.stdout.isatty() else 10_000).print(t)
