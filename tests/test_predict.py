@@ -401,3 +401,25 @@ def test_a_photo_named_twice_is_predicted_once_and_one_bad_input_is_one_line(ckp
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"train predict: {bad}: ")
     assert lines[0].count(str(bad)) == 1 and "Traceback" not in r.output
+
+
+def test_unwritable_outputs_are_refused_first_in_one_line_naming_the_option(ckpt, inputs, tmp_path):
+    """--gradcam on a file, --gradcam or --out-video where nothing can be written: one line naming
+    the option, exit 2, before any input is read (no folder left behind)."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    a_file = tmp_path / "photo.jpg"
+    a_file.write_bytes(b"x")
+    blocked = a_file / "sub"  # a folder under a file cannot exist
+    cases = [(["--gradcam", str(a_file)], f"train predict: --gradcam {a_file} is a file; pass a folder for the overlays"),
+             (["--gradcam", str(blocked)], f"train predict: --gradcam {blocked / 'overlay.png'}: cannot write in {blocked}"),
+             (["--out-video", str(blocked / "a.mp4")], f"train predict: --out-video {blocked / 'a.mp4'}: cannot write in {blocked}")]
+    for extra, line in cases:
+        r = CliRunner().invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), *extra])
+        assert r.exit_code == 2 and r.stderr.strip().startswith(line), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    ok = tmp_path / "cams" / "deep"
+    r = CliRunner().invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt), "--gradcam", str(ok)])
+    assert r.exit_code == 0 and any(ok.iterdir())

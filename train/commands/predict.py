@@ -66,6 +66,16 @@ def command(
             err.print(f"train predict: {flag} {value!r} unknown; use one of {', '.join(allowed)}",
                       markup=False, highlight=False)
             raise typer.Exit(2)
+    from features.manifest import check_writable
+
+    if gradcam is not None and gradcam.exists() and not gradcam.is_dir():
+        err.print(f"train predict: --gradcam {gradcam} is a file; pass a folder for the overlays",
+                  markup=False, highlight=False)
+        raise typer.Exit(2)
+    if gradcam is not None:  # outputs are refused before any model is loaded or input read
+        check_writable(gradcam / "overlay.png", "--gradcam")
+    if out_video is not None:
+        check_writable(out_video, "--out-video")
     if pad is not None and not -0.5 < pad:  # 1 + 2 * pad is the crop's side over the face's
         err.print(f"train predict: --pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)",
                   markup=False, highlight=False)
