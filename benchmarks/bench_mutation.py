@@ -126,6 +126,30 @@ EQUIVALENT: dict[str, str] = {
        for n in (76, 79, 92, 95, 146, 149)},
     **{f"pipeline.ingest.x_holdout__mutmut_{n}": "GroupShuffleSplit reads only the groups: its _iter_indices "
        "shuffles the unique groups and never reads X or y" for n in (137, 138)},
+    "pipeline.balance.x__replay_parents__mutmut_22": "oversample asks imblearn only for classes below their "
+                                                     "target, so no class has 0 rows to draw: never reached",
+    **{f"pipeline.balance.x__replay_parents__mutmut_{n}": "oversample only asks whether the answer is "
+       "'replayed'; any other word sends it to the search, which sets 'searched'"
+       for n in (34, 35, 66, 67, 129, 130, 146, 147)},
+    **{f"pipeline.balance.x__replay_parents__mutmut_{n}": "the check's windows then overlap or run on, but "
+       "still cover every new row: the largest miss is the same" for n in (73, 77, 78, 79, 86)},
+    **{f"pipeline.balance.x__replay_parents__mutmut_{n}": "astype(None) is float64, the same dtype"
+       for n in (88, 89)},
+    "pipeline.balance.x__replay_parents__mutmut_113": "at a step of exactly 0.5 both parents are equally near: "
+                                                      "either order is 'nearer parent first'",
+    "pipeline.balance.x__sampler__mutmut_17": "'borderline-1' is BorderlineSMOTE's default kind",
+    **{f"pipeline.balance.x_oversample__mutmut_{n}": "y holds integer class ids: any integer dtype gives the "
+       "same counts and draws, and new labels are cast to int64 after resampling" for n in (8, 10)},
+    **{f"pipeline.balance.x_oversample__mutmut_{n}": "X is float32 from the first line and imblearn returns "
+       "rows of X's dtype (_generate_samples ends with astype(X.dtype); RandomOverSampler indexes X)"
+       for n in (58, 60)},
+    **{f"pipeline.balance.x_oversample__mutmut_{n}": "y is int64 from the second line and imblearn's new "
+       "labels take y's dtype (np.full(..., dtype=y.dtype))" for n in (62, 64)},
+    **{f"pipeline.balance.x_oversample__mutmut_{n}": "the next line casts the stacked copies to int64"
+       for n in (85, 87)},
+    **{f"pipeline.balance.x_oversample__mutmut_{n}": "the `or` operand is read only when BorderlineSMOTE "
+       "found no danger rows and the replay failed; with no danger rows imblearn draws nothing and the "
+       "replay of nothing succeeds" for n in (130, 131, 132, 133, 134)},
 }
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)
