@@ -277,7 +277,9 @@ def test_describe_with_tiny_blip(predictor, inputs, tmp_path):
     assert "caption" in to_csv([ok]).splitlines()[0]
 
 
-def test_camera_index_is_a_source_and_a_missing_camera_is_reported(predictor, inputs):
+def test_camera_index_is_a_source_and_a_missing_camera_is_reported(predictor, inputs, capfd):
+    import cv2
+
     from train.predict import PredictConfig, Source, collect, run
 
     sources, errors = collect(["0", 3, str(inputs / "sub")])
@@ -287,6 +289,10 @@ def test_camera_index_is_a_source_and_a_missing_camera_is_reported(predictor, in
     by = {r.source: r for r in recs}
     assert by["camera:97"].status == "error" and "cannot open camera 97" in by["camera:97"].message
     assert by[str(inputs / "sub" / "astronaut.png")].status == "ok"
+    # OpenCV's own warnings about the missing camera stay quiet (the record says it), and its
+    # log level is given back afterwards
+    assert "WARN" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() != cv2.utils.logging.LOG_LEVEL_ERROR
 
 
 def test_gradcam_on_a_per_frame_clip_model(tmp_path, astronaut):

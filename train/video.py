@@ -76,7 +76,15 @@ class Smoother:
 def open_capture(source: str | int | Path):
     import cv2
 
-    cap = cv2.VideoCapture(int(source) if isinstance(source, int) else str(source))
+    quiet = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = quiet.getLogLevel() if quiet else None
+    if quiet:  # OpenCV's own "[ WARN ] can't open camera" lines would precede our one line
+        quiet.setLogLevel(quiet.LOG_LEVEL_ERROR)
+    try:
+        cap = cv2.VideoCapture(int(source) if isinstance(source, int) else str(source))
+    finally:
+        if quiet:
+            quiet.setLogLevel(level)
     if not cap.isOpened():
         cap.release()
         what = f"camera {source}" if isinstance(source, int) else f"video {source}"
