@@ -233,7 +233,10 @@ def run_module(module: str, workdir: Path, ref: str | None, max_children: int) -
     tree = workdir / "tree"
     copy_tree(tree, ref)
     configure(tree, module, tests)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    # one BLAS/torch thread per mutant: with more, a busy machine turns CPU-heavy mutants into
+    # mutmut timeouts (counted as killed without a test failing) and the run crawls
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(patterns or [])]
     log = workdir / f"{module.replace('/', '_')}.log"
@@ -364,6 +367,12 @@ def main(argv=None) -> int:
         print(f"  {r['killed']}/{r['mutants'] - r['equivalent']} killed = {r['score']} % in {r['seconds']:.0f} s",
               flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        # another module's run may have finished meanwhile: merge into what is on disk now
+        on_disk = json.loads(args.json.read_text()) if args.json.is_file() else {"modules": {}}
+        on_disk.setdefault("modules", {}).update({module: r})
+        results = {**results, "modules": {m: reclassify(v) for m, v in on_disk["modules"].items()}}
+        if "notes" in on_disk:
+            results["notes"] = on_disk["notes"]
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         args.md.write_text(render(results))
     return 0
