@@ -504,3 +504,17 @@ def test_device_batch_size_and_plain_logits_reach_the_model(setup, monkeypatch):
     cal.calibrate(d / "run", val, d / "spied", cal.CalibrateConfig(tau_max=0.0, batch_size=7, device="cpu:0"),
                   train_manifest=train_m)
     assert seen == {"load": (d / "run", "cpu:0"), "logits": ("cpu:0", 7, False, "none", None, 42)}
+
+
+def test_seconds_is_the_wall_time_rounded_to_hundredths(setup, monkeypatch):
+    """A clock read at the start (10.0 s) and at the end (12.3456 s): 2.35 s is reported."""
+    import types
+
+    import train.calibrate as cal
+
+    d, train_m, val, _ = setup
+    ticks = iter([10.0, 12.3456])
+    monkeypatch.setattr(cal, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    rep = cal.calibrate(d / "run", val, d / "timed", cal.CalibrateConfig(tau_max=0.0), train_manifest=train_m)
+    assert rep["seconds"] == 2.35 and type(rep["seconds"]) is float
+    assert json.loads((d / "timed" / "calibrate.json").read_text())["seconds"] == 2.35
