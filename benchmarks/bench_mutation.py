@@ -155,6 +155,11 @@ EQUIVALENT: dict[str, str] = {
        for n in (20, 23, 26, 27, 33, 36, 39)},
     **{f"train.calibrate.x_calibrate__mutmut_{n}": "both add_logit_bias implementations (FERModel's, CMAEN's) "
        "cast the bias to the head's own dtype: a float64 bias gives the same float32 values" for n in (192, 194)},
+    **{f"train.calibrate.x_class_prior__mutmut_{n}": "reading every column of the manifest instead of the two "
+       "used gives the same split and label_id columns" for n in (3, 5)},
+    "train.calibrate.x_class_prior__mutmut_31": "astype(None) is float64, the same dtype",
+    **{f"train.calibrate.x_adjustment_curve__mutmut_{n}": "targets are integer class indices: asarray keeps an "
+       "integer dtype, and scikit-learn's scores do not depend on its width" for n in (3, 5)},
 }
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)

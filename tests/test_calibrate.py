@@ -518,3 +518,12 @@ def test_seconds_is_the_wall_time_rounded_to_hundredths(setup, monkeypatch):
     rep = cal.calibrate(d / "run", val, d / "timed", cal.CalibrateConfig(tau_max=0.0), train_manifest=train_m)
     assert rep["seconds"] == 2.35 and type(rep["seconds"]) is float
     assert json.loads((d / "timed" / "calibrate.json").read_text())["seconds"] == 2.35
+
+
+def test_the_accuracy_bound_is_inclusive():
+    """A row exactly at the bound (base - drop / 100 - 1e-12, the same float) is admissible."""
+    from train.calibrate import choose_tau
+
+    bound = 0.6 - 0.5 / 100 - 1e-12
+    curve = [{"tau": 0.0, "acc": 0.6, "uar": 0.4}, {"tau": 0.5, "acc": bound, "uar": 0.5}]
+    assert choose_tau(curve, 0.5)["tau"] == 0.5
