@@ -5,22 +5,18 @@ one BLAS thread."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from test_bench_all import ROOT, _load as _load_benchmark  # noqa: E402
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_mutation", ROOT / "benchmarks" / "bench_mutation.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_mutation"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _load_benchmark("bench_mutation")
 
 
 def test_results_of_concurrent_runs_are_merged_not_overwritten(tmp_path, monkeypatch):
