@@ -423,3 +423,14 @@ def test_miniaffectgpt_predicts_with_a_caption(tmp_path):
     except WeightsNotFound:  # no BLIP here: without --caption the refusal names both ways
         with pytest.raises(PredictError, match="pass --caption TEXT"):
             EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", text_encoder="minilm")
+
+
+def test_train_recipes_with_an_unknown_name_is_one_line_without_a_flag_it_was_not_given():
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    r = CliRunner().invoke(app, ["recipes", "bogus"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("train recipes: 'bogus' is not a recipe; known: ") and "--recipe" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
