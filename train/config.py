@@ -211,7 +211,7 @@ def make_config(config_file: str | Path | None = None, recipe: str | None = None
         try:
             r = load_recipe(recipe)
         except RecipeError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(f"--recipe {e}") from None
         known = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe", "recipe_sha256"}
         unknown = sorted(set(r.values) - known)
         if unknown:

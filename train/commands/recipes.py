@@ -24,9 +24,7 @@ def command(
     try:
         r = load_recipe(name)
     except RecipeError as e:
-        # the message names `--recipe` (train run's flag); here the name was an argument
-        msg = str(e).removeprefix("--recipe ")
-        typer.echo(f"train recipes: {msg}", err=True)
+        typer.echo(f"train recipes: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"# sha256 {r.sha256}")
     typer.echo((resources.files("train.recipes") / f"{name}.toml").read_text(), nl=False)

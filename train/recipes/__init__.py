@@ -49,7 +49,7 @@ def load_recipe(name: str) -> Recipe:
     directory."""
     f = _files() / f"{name}.toml"
     if not name or "/" in name or not f.is_file():
-        raise RecipeError(f"--recipe {name!r} is not a recipe; known: {', '.join(list_recipes())} "
+        raise RecipeError(f"{name!r} is not a recipe; known: {', '.join(list_recipes())} "
                           "(`train recipes` lists them)")
     raw = f.read_bytes()
     data = tomllib.loads(raw.decode())
