@@ -125,6 +125,17 @@ def central_square(image: np.ndarray) -> Face:
     return Face((int(x), int(y), int(side), int(side)), None, image[y:y + side, x:x + side], "whole_image")
 
 
+def check_crop_options(*, pad: float | None, crop: str, tta: str, flag: str = "") -> None:
+    """Refuse a crop margin, crop or TTA mode `EmotionPredictor` cannot use (PredictError, one
+    line). `flag` prefixes each name as the caller's user typed it ("--" for the CLI)."""
+    if pad is not None and not -0.5 < pad:  # 1 + 2 * pad is the crop's side over the face's
+        raise PredictError(f"{flag}pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)")
+    if crop not in CROPS:
+        raise PredictError(f"{flag}crop {crop!r} unknown; use one of {', '.join(CROPS)}")
+    if tta not in TTA_MODES:
+        raise PredictError(f"{flag}tta {tta!r} unknown; use one of {', '.join(TTA_MODES)}")
+
+
 class EmotionPredictor:
     """Face detection -> crop -> the checkpoint's preprocessing -> model -> top-k probabilities."""
 
@@ -142,12 +153,7 @@ class EmotionPredictor:
         per face; such a model without it is refused. `tta` "flip" (default) averages the logits
         of each face and its mirror image (horizontal flip TTA, as `train eval --tta flip`; twice
         the model time, which is small beside detection), "none" classifies the face once."""
-        if pad is not None and not -0.5 < pad:
-            raise PredictError(f"pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)")
-        if crop not in CROPS:
-            raise PredictError(f"crop {crop!r} unknown; use one of {', '.join(CROPS)}")
-        if tta not in TTA_MODES:
-            raise PredictError(f"tta {tta!r} unknown; use one of {', '.join(TTA_MODES)}")
+        check_crop_options(pad=pad, crop=crop, tta=tta)
         if detector not in DETECTORS:
             raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
         self.notice = ""

@@ -59,13 +59,13 @@ def command(
     if as_json and as_csv:
         err.print("train predict: choose one of --json and --csv")
         raise typer.Exit(2)
-    from train.api import CROPS, TTA_MODES
+    from train.api import check_crop_options
 
-    for flag, value, allowed in (("--tta", tta, TTA_MODES), ("--crop", crop, CROPS)):
-        if value not in allowed:  # named as the user typed it, before any checkpoint is read
-            err.print(f"train predict: {flag} {value!r} unknown; use one of {', '.join(allowed)}",
-                      markup=False, highlight=False)
-            raise typer.Exit(2)
+    try:  # named as the user typed them, before any checkpoint is read
+        check_crop_options(pad=pad, crop=crop, tta=tta, flag="--")
+    except PredictError as e:
+        err.print(f"train predict: {e}", markup=False, highlight=False)
+        raise typer.Exit(2)
     from features.manifest import check_writable
 
     if gradcam is not None and gradcam.exists() and not gradcam.is_dir():
@@ -76,10 +76,6 @@ def command(
         check_writable(gradcam / "overlay.png", "--gradcam")
     if out_video is not None:
         check_writable(out_video, "--out-video")
-    if pad is not None and not -0.5 < pad:  # 1 + 2 * pad is the crop's side over the face's
-        err.print(f"train predict: --pad {pad} leaves no face to crop; use a value above -0.5 (0: the box itself)",
-                  markup=False, highlight=False)
-        raise typer.Exit(2)
     try:
         from features.device import resolve_device
 
