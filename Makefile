@@ -76,6 +76,8 @@ demo: setup
 	$(BIN)/pipeline stats manifests/demo_train.parquet --preset 2
 	$(BIN)/pipeline enhance --in manifests/demo_train.parquet --out manifests/demo_train_x4.parquet --sr bicubic --color gray2rgb --batch-size 64
 	$(BIN)/pipeline balance --in manifests/demo_train.parquet --out manifests/demo_train_balanced.parquet --target 40
+	for i in 0 1; do $(BIN)/pipeline faces --in manifests/demo_val.parquet --out manifests/demo_val_faces.parquet --shard $$i/2 || exit 1; done
+	$(BIN)/pipeline merge manifests/demo_val_faces.parquet manifests/demo_val_faces.shard-0-of-2.parquet manifests/demo_val_faces.shard-1-of-2.parquet --check manifests/demo_val.parquet
 	@if [ "$(DEMO_BLIP)" = "$(DEMO)/tiny-blip-random" ]; then \
 	  echo "building a tiny random-weight BLIP at $(DEMO_BLIP) (plumbing only: its captions are noise)"; \
 	  $(PY) -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from tiny_models import tiny_blip_captioner; tiny_blip_captioner(Path('$(DEMO_BLIP)'))"; fi
@@ -204,6 +206,8 @@ bench-balance: setup
 	$(PY) benchmarks/bench_balance.py --manifest manifests/fer_train.parquet --data $(SHARED) --json runs/bench/balance.json
 demo-balance: setup
 	$(BIN)/pipeline balance --in manifests/demo_train.parquet --out manifests/demo_train_balanced.parquet --target 40
+	for i in 0 1; do $(BIN)/pipeline faces --in manifests/demo_val.parquet --out manifests/demo_val_faces.parquet --shard $$i/2 || exit 1; done
+	$(BIN)/pipeline merge manifests/demo_val_faces.parquet manifests/demo_val_faces.shard-0-of-2.parquet manifests/demo_val_faces.shard-1-of-2.parquet --check manifests/demo_val.parquet
 
 # trainer: `make demo-train` trains the baseline (and the fusion model when caption
 # features exist) on the demo manifests; `make bench-train` times every registered model.
