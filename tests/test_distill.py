@@ -148,3 +148,42 @@ def test_bad_teacher_is_refused_clearly(pair, teacher, tmp_path, case):
     assert r.exit_code == 2, r.output
     assert want in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_ensemble_teacher_is_the_mean_of_its_members_logits(pair, teacher, tmp_path):
+    """`--teacher A --teacher B`: the soft targets come from the mean of the members' logits,
+    computed here by hand on the same batch, and the sidecar records every member."""
+    from typer.testing import CliRunner
+
+    from train.checkpoint import load_checkpoint, preprocess_of
+    from train.cli import app
+    from train.loop import fit, load_teacher
+
+    second = tmp_path / "t2"
+    fit(train_config(pair, second, epochs=1, augment="none", scheduler="none", seed=5))
+    cfg = train_config(pair, tmp_path / "x", teacher=(str(teacher), str(second)))
+    _, side = load_checkpoint(teacher)
+    ens, sides = load_teacher(cfg, side["labels"]["class_names"], preprocess_of(side), "cpu")
+    assert len(sides) == 2
+    x = torch.randn(5, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    a, b = (load_checkpoint(p)[0].eval() for p in (teacher, second))
+    with torch.no_grad():
+        by_hand = (a(x) + b(x)) / 2
+        torch.testing.assert_close(ens(x), by_hand, atol=1e-4, rtol=1e-4)  # BatchNorm folded
+        assert not torch.allclose(a(x), b(x), atol=1e-3)  # two different members, not one twice
+
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["run", "--manifest", str(pair[0]), "--val", str(pair[1]), "--model", "vgg",
+                                 *[a for k, v in TINY_VGG.items() for a in ("--model-opt", f"{k}={v}")],
+                                 "--epochs", "1", "--max-steps", "2", "--device", "cpu", "--out", str(out),
+                                 "--teacher", str(teacher), "--teacher", str(second)])
+    assert r.exit_code == 0, r.output
+    side = json.loads((out / "best.json").read_text())
+    assert [t["path"] for t in side["teacher"]] == [str(teacher), str(second)]
+    assert side["train_config"]["teacher"] == [str(teacher), str(second)]
+
+
+def test_one_teacher_given_as_a_string_stays_one_teacher(pair, tmp_path):
+    """A recipe, config file or earlier sidecar names a single teacher as a plain string."""
+    assert train_config(pair, tmp_path, teacher="a/b").teacher == ("a/b",)
+    assert train_config(pair, tmp_path, teacher=None).teacher == ()

@@ -101,8 +101,11 @@ class TrainConfig:
     tensorboard: bool = option(False, decls=("--tensorboard/--no-tensorboard",))
     # knowledge distillation (Hinton et al. 2015): a trained checkpoint whose softened outputs
     # the student also learns from; loss = (1 - alpha) * hard loss + alpha * T^2 * KL
-    teacher: str | None = option(None, "Distil from this trained checkpoint (run dir or .safetensors).",
-                                 path=True)
+    # several teachers make an ensemble teacher: the soft targets come from the mean of their
+    # logits (ensemble distillation, Hinton et al. 2015 sec. 3); a single path is one teacher
+    teacher: tuple[str, ...] = option(help="Distil from this trained checkpoint (run dir or .safetensors); "
+                                           "repeat for an ensemble teacher (mean of their logits).",
+                                      path=True, default_factory=tuple)
     # start from this trained checkpoint's weights (same model and config): fine-tuning, e.g. on
     # cleaner labels; recorded in the sidecar with its sha256
     init: str | None = option(None, "Start from this trained checkpoint's weights (fine-tuning; same "
@@ -133,6 +136,9 @@ class TrainConfig:
             if v not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')} {v!r} is not one of {', '.join(allowed)}")
         object.__setattr__(self, "preset", str(self.preset))
+        # a recipe, config file or earlier sidecar may name one teacher as a plain string
+        teachers = self.teacher if isinstance(self.teacher, (list, tuple)) else (self.teacher,)
+        object.__setattr__(self, "teacher", tuple(str(t) for t in teachers if t is not None))
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

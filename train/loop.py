@@ -79,7 +79,7 @@ def _distilled(hard, cfg: TrainConfig):
     from train.losses import distill_kl
     from train.models.base import logits_of
 
-    if cfg.teacher is None:
+    if not cfg.teacher:
         return hard
     alpha, temp = cfg.distill_alpha, cfg.distill_temperature
 
@@ -255,19 +255,29 @@ def compute_loss(loss_fn, outputs, target, model, teacher_logits=None):
 
 
 def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
-    """The --teacher checkpoint, frozen, in eval mode with BatchNorm folded (it only infers).
+    """The --teacher checkpoint(s), frozen, in eval mode with BatchNorm folded (they only infer);
+    several make an `EnsembleTeacher`. Returns (teacher, [sidecar per checkpoint]).
 
-    It must predict the student's classes in the same order. It sees the very batch the student
-    trains on; a teacher with other preprocessing gets it through `AdaptedTeacher`."""
+    Each must predict the student's classes in the same order. It sees the very batch the
+    student trains on; a teacher with other preprocessing gets it through `AdaptedTeacher`."""
+    nets, sides = [], []
+    for path in cfg.teacher:
+        net, side = _one_teacher(path, class_names, preprocess, device)
+        nets.append(net)
+        sides.append(side)
+    return (nets[0] if len(nets) == 1 else EnsembleTeacher(nets)), sides
+
+
+def _one_teacher(path: str, class_names, preprocess, device: str):
     from train.checkpoint import class_names as names_of, load_checkpoint, preprocess_of
     from train.models.base import fold_batchnorm
 
-    teacher, side = load_checkpoint(cfg.teacher, device=device)
+    teacher, side = load_checkpoint(path, device=device)
     if list(names_of(side)) != list(class_names):
-        raise TrainError(f"--teacher {cfg.teacher} predicts {list(names_of(side))}, the student "
+        raise TrainError(f"--teacher {path} predicts {list(names_of(side))}, the student "
                          f"{list(class_names)}; distil from a checkpoint trained on the same classes")
     if side.get("input", {}).get("needs_text") or side.get("input", {}).get("kind", "image") != "image":
-        raise TrainError(f"--teacher {cfg.teacher} is not an image-only model; distil from one that "
+        raise TrainError(f"--teacher {path} is not an image-only model; distil from one that "
                          "reads face images alone")
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -278,6 +288,25 @@ def load_teacher(cfg: TrainConfig, class_names, preprocess, device: str):
     if theirs != preprocess:
         teacher = AdaptedTeacher(teacher, preprocess, theirs)
     return teacher, side
+
+
+class EnsembleTeacher:
+    """Several frozen teachers as one: the mean of their logits (B, K) on the same batch, the
+    soft targets of ensemble distillation (Hinton et al. 2015, sec. 3). Averaging logits rather
+    than probabilities keeps the temperature's meaning: softmax(mean logits / T)."""
+
+    def __init__(self, nets):
+        self.nets = list(nets)
+
+    def __call__(self, x):
+        import torch
+
+        return torch.stack([net(x).float() for net in self.nets]).mean(0)
+
+    def to(self, *args, **kwargs):
+        for net in self.nets:
+            net.to(*args, **kwargs)
+        return self
 
 
 def init_from(model, path) -> None:
@@ -558,7 +587,7 @@ def prepare_run(cfg: TrainConfig, info, emit: Progress) -> Run:
     weight = (data.class_weights(train_data.labels, len(class_names)).to(device)
               if cfg.class_weights == "balanced" else None)
     teacher, teacher_side = None, None
-    if cfg.teacher is not None:
+    if cfg.teacher:
         teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, device)
         if cl:
             teacher.to(memory_format=torch.channels_last)
@@ -597,10 +626,11 @@ def run_sidecar(cfg: TrainConfig, ls, class_names, spec, model, val_path, teache
         "train_config": cfg.to_dict(),
         "world_size": world,
     }
-    if teacher_side is not None:
-        sidecar["teacher"] = {"path": str(cfg.teacher), "model": teacher_side.get("model"),
-                              "metrics": teacher_side.get("metrics"),
-                              "sha256": file_sha256(checkpoint_paths(cfg.teacher)[0])}
+    if teacher_side:  # one teacher: its record; an ensemble teacher: one record per member
+        records = [{"path": path, "model": side.get("model"), "metrics": side.get("metrics"),
+                    "sha256": file_sha256(checkpoint_paths(path)[0])}
+                   for path, side in zip(cfg.teacher, teacher_side)]
+        sidecar["teacher"] = records[0] if len(records) == 1 else records
     if cfg.init is not None:
         sidecar["init"] = {"path": str(cfg.init), "sha256": file_sha256(checkpoint_paths(cfg.init)[0])}
     sidecar["model"] = {"name": model.model_name, "config": config_to_dict(model.config)}

@@ -49,7 +49,7 @@ def _options() -> list[inspect.Parameter]:
         kind = typing.get_args(hints[f.name]) or (hints[f.name],)
         kind = next(k for k in kind if k is not type(None))
         if opt["path"]:
-            kind = Path
+            kind = list[Path] if typing.get_origin(hints[f.name]) is tuple else Path
         elif f.name == "model_options":
             kind = list[str]
         info = typer.Option(*opt["decls"], help=opt["help"])
@@ -72,7 +72,8 @@ def command(**given) -> None:
     config, recipe = given.pop("config", None), given.pop("recipe", None)
     model_opt = given.pop("model_opt", None)
     given["resume"] = given.get("resume") or None
-    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}
+    flags = {k: (str(v) if isinstance(v, Path) else tuple(map(str, v)) if isinstance(v, list) else v)
+             for k, v in given.items()}
     try:
         opts = _model_options(model_opt or [])
         cfg = make_config(config, recipe=recipe, **flags)
