@@ -209,6 +209,14 @@ def test_page_renders_in_chromium_without_console_errors(server, photos, tmp_pat
     print(f"screenshot: {tmp_path / 'serve.png'}")
 
 
+def test_serve_names_its_url_and_flag_not_gradios_python_hint(server):
+    """The banner says where the page is and names `--share`, not Gradio's `share=True`."""
+    url, _, log = server
+    text = log.read_text()
+    assert f"serving on {url}" in text and "--share" in text, text[-2000:]
+    assert "share=True" not in text and "launch()" not in text, text[-2000:]
+
+
 def test_serve_refuses_a_taken_port_in_one_line(server):
     from typer.testing import CliRunner
 

@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -280,9 +280,10 @@ def stack(images: Sequence[np.ndarray]) -> np.ndarray | None:
 
 
 def serve(analyser: Analyser, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-          stop_after: float | None = None, quiet: bool = False) -> None:
-    """Start the page and block until Ctrl-C (or `stop_after` seconds). Raises OSError when the
-    port is taken."""
+          stop_after: float | None = None, quiet: bool = False,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Start the page and block until Ctrl-C (or `stop_after` seconds); `announce` gets the
+    page's local URL once it is up. Raises OSError when the port is taken."""
     demo = build_app(analyser)
     import gradio as gr
 
@@ -290,6 +291,8 @@ def serve(analyser: Analyser, host: str = "127.0.0.1", port: int = 7860, share: 
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
                 max_file_size=MAX_UPLOAD, show_error=True, quiet=quiet, ssr_mode=False, mcp_server=False,
                 theme=gr.themes.Default())
+    if announce is not None:
+        announce(demo.local_url)
     deadline = None if stop_after is None else time.monotonic() + stop_after
     try:
         while deadline is None or time.monotonic() < deadline:

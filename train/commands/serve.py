@@ -51,8 +51,12 @@ def command(
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]note:[/] --host {host}: the page is reachable from other machines")
     try:
+        # Gradio's own banner points at `share=True` in Python; ours names the flag (with --share
+        # Gradio's banner stays: it carries the public link)
         serve(Analyser(predictor, k=top_k, window=window, gradcam=gradcam), host=host, port=port, share=share,
-              stop_after=stop_after)
+              stop_after=stop_after, quiet=not share,
+              announce=lambda url: err.print(f"serving on {url} (Ctrl-C stops it; --share asks Gradio for a "
+                                             "public link)", highlight=False))
     except OSError as e:
         err.print(f"train serve: cannot serve on {host}:{port} ({e}); pick another --port")
         raise typer.Exit(2)
