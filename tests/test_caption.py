@@ -170,6 +170,7 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch):
     res = _cli("--in", src, "--out", tmp_path / "o.parquet", "--model", tmp_path / "nope", "--device", "cpu")
     assert res.exit_code == 2
     assert "no file or folder" in _text(res) and "Traceback" not in res.output
+    assert "0%" not in res.output, res.output  # no empty progress bar left above the error line
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     res = _cli("--in", src, "--out", tmp_path / "o.parquet", "--device", "cpu")
     assert res.exit_code == 2

@@ -45,7 +45,11 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
                 dt = time.perf_counter() - t0
                 bar.update(task, completed=done, total=total, rate=f"{done / dt:.1f} img/s" if dt > 0 else "")
 
-            report = run_stage(stage, in_path, out_path, cfg, progress=update)
+            try:
+                report = run_stage(stage, in_path, out_path, cfg, progress=update)
+            except BaseException:
+                bar.update(task, visible=False)  # no half-filled bar left above the error line
+                raise
     except (ManifestError, StageError, WeightsNotFound, DeviceError, WeightsError, OutputError) as e:
         # typer.echo, not rich: a path in the message must not be wrapped across lines
         typer.echo(f"pipeline {stage.name}: {e}", err=True)
