@@ -174,7 +174,7 @@ def test_ensemble_teacher_is_the_mean_of_its_members_logits(pair, teacher, tmp_p
 
     out = tmp_path / "s"
     r = CliRunner().invoke(app, ["run", "--manifest", str(pair[0]), "--val", str(pair[1]), "--model", "vgg",
-                                 *[a for k, v in TINY_VGG.items() for a in ("--model-opt", f"{k}={v}")],
+                                 *[arg for k, v in TINY_VGG.items() for arg in ("--model-opt", f"{k}={v}")],
                                  "--epochs", "1", "--max-steps", "2", "--device", "cpu", "--out", str(out),
                                  "--teacher", str(teacher), "--teacher", str(second)])
     assert r.exit_code == 0, r.output
