@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
                           [f"train.evaluate.x{f}__mutmut_*"
                            for f in ("_label_mapping", "__ckpt_label_set", "ǁLabelMappingǁas_dict", "_read_rows",
                                      "_clip_rows", "__inputs", "__tta_views", "_model_logits", "_variants",
-                                     "__scores", "__ensemble", "_worst_confused")]),
+                                     "__scores", "_ensemble_logits", "_worst_confused")]),
     "train/losses.py": (["tests/test_losses.py"], None),
     # the split and leak logic only: the readers and writers around it have their own fault tests
     "pipeline/ingest.py": (["tests/test_splits.py", "tests/test_ingest.py"],
@@ -78,6 +78,9 @@ _DIM = "logits are (B, C) by contract: dim=-1, dim=+1 and torch's implicit dim f
 _INT_IDX = "comparing a float bin index with the integer bin number gives the same masks"
 _NULL_SIGN = ("null counts are only tested for being non-zero, and a running sum of counts >= 0 is "
               "non-zero exactly when its negation is")
+_INFERRED = ("numpy infers int64 / bool from a non-empty list of Python ints / bools (leak is a non-null "
+             "column), the dtype named; read_rows refuses a split with no rows, or none it can score, "
+             "so the list is never empty")
 EQUIVALENT: dict[str, str] = {
     "train.metrics.x_expected_calibration_error__mutmut_12": 'float("NAN") is the same NaN as float("nan")',
     "train.metrics.x_expected_calibration_error__mutmut_17": "astype(None) is float64, the same dtype",
@@ -168,6 +171,19 @@ EQUIVALENT: dict[str, str] = {
     "train.calibrate.x_class_prior__mutmut_31": "astype(None) is float64, the same dtype",
     **{f"train.calibrate.x_adjustment_curve__mutmut_{n}": "targets are integer class indices: asarray keeps an "
        "integer dtype, and scikit-learn's scores do not depend on its width" for n in (3, 5)},
+    **{f"train.evaluate.x__inputs__mutmut_{n}": "getattr's default for a model without input_kind: any value "
+       "but 'clip' takes the same branch as 'image'" for n in (3, 6, 9, 10)},
+    **{f"train.evaluate.x__tta_views__mutmut_{n}": "align_corners=None, or left out, is False for bilinear "
+       "interpolation (torch's default)" for n in (25, 30)},
+    **{f"train.evaluate.x_{f}__mutmut_{n}": _INFERRED for f, ns in (("clip_rows", (44, 46, 48, 50)),
+       ("read_rows", (56, 58, 72, 74, 134, 136)), ("variants", (15, 17))) for n in ns},
+    **{f"train.evaluate.x_label_mapping__mutmut_{n}": "only mode 'none' refuses another label set; any other "
+       "default maps it zero-shot, as 'auto' does" for n in (1, 2)},
+    **{f"train.evaluate.x_read_rows__mutmut_{n}": "reading every column instead of those listed gives the same "
+       "columns by name, rows and values" for n in (26, 28)},
+    "train.evaluate.x_read_rows__mutmut_105": "frame_index is a core column (features/schema.py): open_manifest "
+    "refuses a manifest without it before read_rows runs",
+    "train.evaluate.x_worst_confused__mutmut_13": "numpy reads the sort kind case-insensitively: 'STABLE' is 'stable'",
 }
 
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # killed or timed out (mutmut's own status table)
@@ -191,6 +207,13 @@ def copy_tree(dest: Path, ref: str | None) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+
+
+def _function_of(pattern: str) -> str:
+    """A mutant-name pattern's function as the code spells it: mutmut names a function's mutants
+    `pkg.mod.x_NAME__mutmut_N` and a method's `pkg.mod.xǁClassǁNAME__mutmut_N`."""
+    name = pattern.split("__mutmut")[0].rsplit(".", 1)[1][1:]
+    return name.strip("ǁ").replace("ǁ", ".") if name.startswith("ǁ") else name[1:]
 
 
 def configure(tree: Path, module: str, tests: list[str]) -> None:
@@ -321,8 +344,7 @@ def render(results: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
-        scope = r["module"] + (" (" + ", ".join(p.split(".x_")[1].split("__mutmut")[0] for p in r["functions"]) + ")"
-                               if r["functions"] else "")
+        scope = r["module"] + (" (" + ", ".join(map(_function_of, r["functions"])) + ")" if r["functions"] else "")
         out.append(f"| {scope} | {', '.join(t.split('/')[-1] for t in r['tests'])} | {r['mutants']} | {r['killed']} "
                    f"| {r['equivalent']} | {r['not_killed']} | {r['score']} % | {r['seconds'] / 60:.1f} min | {r['date']} |")
     missing = [m for m in MODULES if m not in results["modules"]]

@@ -694,7 +694,7 @@ def test_read_rows_group_columns_clip_first_and_all_none_is_no_grouping(tmp_path
     r = read_rows(none, "test", ident)
     assert (r.group_kind, r.groups) == (None, None)
     bad = _manifest_rows(tmp_path / "bad.parquet", [0, 1, 2, 3], image=[encode(np.zeros((8, 8), np.uint8)), b"no",
-                                                                       b"nope", encode(np.zeros((8, 8), np.uint8))])
+                                                                       b"", encode(np.zeros((8, 8), np.uint8))])
     with pytest.raises(EvalError) as e:
         read_rows(bad, "test", ident)
     assert str(e.value) == (f"{bad}: 2 test image(s) cannot be decoded (first: row 1: cannot decode: not an image "
@@ -1242,3 +1242,57 @@ def test_every_member_is_loaded_on_the_configured_device(ckpt, fer_test, monkeyp
     # "cpu:0" rather than the default "cpu", so a dropped argument cannot pass for a passed one
     ev.evaluate([ckpt, ckpt], fer_test, ev.EvalConfig(plots=False, device="cpu:0"))
     assert seen == [(ckpt, "cpu:0"), (ckpt, "cpu:0")]
+
+
+def test_ensemble_logits_are_the_log_mean_probability_and_stay_finite():
+    from train.evaluate import ensemble_logits
+    from train.metrics import softmax
+
+    a = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    b = np.array([[0.0, 1.0, 0.0], [3.0, -2.0, 1.0]])
+    got = ensemble_logits([a, b])
+    assert got.dtype == np.float32 and got.shape == (2, 3)
+    np.testing.assert_allclose(np.exp(got), (softmax(a) + softmax(b)) / 2, rtol=1e-6)
+    # a class both members rule out (its probability underflows to 0): floored, not -inf
+    sure = np.array([[0.0, 2000.0, 0.0]])
+    far = ensemble_logits([sure, sure])
+    assert np.isfinite(far).all() and far[0, 0] == pytest.approx(np.log(1e-12))
+
+
+def test_clip_rows_takes_one_label_per_clip_and_keeps_a_one_frame_clip():
+    """Two clips: one of three frames (one of them leaked), one of a single frame."""
+    from train.evaluate import Rows, clip_rows
+
+    rows = Rows(["a0", "a1", "a2", "b0"], [], np.array([4, 4, 4, 2]), np.array([False, True, False, False]),
+                ["test"] * 4, ["a", "a", "a", "b"], "clip_id", frame_index=[0, 1, 2, 0])
+    c = clip_rows(rows, 2)
+    assert c.unit == "clip" and c.sample_ids == ["a0", "b0"]
+    assert c.targets.tolist() == [4, 2] and c.targets.dtype.kind == "i"
+    assert c.leak.tolist() == [True, False] and c.leak.dtype == bool
+    assert c.dropped["frame_rows"] == 4 and c.dropped["frames_per_clip"] == 2
+
+
+def test_label_mapping_scores_another_label_set_zero_shot_by_default():
+    """Without a mode, a manifest of another label set is mapped through the shared emotions
+    (as `train eval --label-map auto`, the CLI's default), not refused."""
+    from features.labels import get_label_set
+    from train.evaluate import label_mapping
+
+    ck = get_label_set("ckplus")
+    m = label_mapping(_side("fer2013"), ck, FER)
+    assert m.zero_shot and "contempt" in m.excluded
+    assert m == label_mapping(_side("fer2013"), ck, FER, "auto")
+
+
+def test_a_split_of_excluded_classes_only_is_refused_in_one_line(tmp_path):
+    """Rows only of classes the mapping leaves out (as contempt for a 7-class FER2013 model):
+    nothing to score, one line instead of metrics over zero rows."""
+    from train.evaluate import EvalError, LabelMapping, read_rows
+
+    rows = _manifest_rows(tmp_path / "left_out.parquet", [1, 1, 1])
+    mapping = LabelMapping((0, None, 2, 3, 4, 5, 6), (0, 2, 3, 4, 5, 6), True, ("disgust",))
+    with pytest.raises(EvalError, match="none of its 3 rows with split='test' is of a class the checkpoint "
+                                        "can score \\(left out: disgust\\)"):
+        read_rows(rows, "test", mapping)
+    kept = read_rows(_manifest_rows(tmp_path / "mixed.parquet", [1, 0, 1, 2]), "test", mapping)
+    assert kept.targets.tolist() == [0, 2] and kept.dropped == {"excluded_classes": 2}

@@ -156,6 +156,10 @@ def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool
     label_ids = t.column("label_id").to_numpy()
     keep = np.array([mapping.to_model[i] is not None for i in label_ids], dtype=bool)
     dropped = {}
+    if not keep.any():
+        raise EvalError(f"{path}: none of its {len(keep)} rows with split={split!r} is of a class the "
+                        f"checkpoint can score (left out: {', '.join(mapping.excluded)}); evaluate on rows "
+                        "of the classes it predicts")
     if not keep.all():
         dropped["excluded_classes"] = int((~keep).sum())
         t = t.filter(keep)
@@ -322,8 +326,10 @@ def load_member(checkpoint, device: str = "cpu"):
         raise EvalError(str(e)) from None
 
 
-def _ensemble(logits: list[np.ndarray]) -> np.ndarray:
-    """Members' logits -> log of their mean probability: softmax of the result is that mean."""
+def ensemble_logits(logits: list[np.ndarray]) -> np.ndarray:
+    """Members' logits, each (N, K) -> (N, K) float32 log of their mean probability, so that its
+    softmax is that mean (probability averaging, as `train eval -c A -c B` scores an ensemble).
+    Probabilities are floored at 1e-12, so a class every member rules out stays finite."""
     probs = np.mean([softmax(lg) for lg in logits], axis=0)
     return np.log(np.clip(probs, 1e-12, None)).astype(np.float32)
 
@@ -392,7 +398,7 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
         per_member.append(member_logits(m, *inputs_of(m, sc)))
         del m
     logits = first if len(members) == 1 else \
-        {mode: _ensemble([pm[mode] for pm in per_member]) for mode in first}
+        {mode: ensemble_logits([pm[mode] for pm in per_member]) for mode in first}
     def label(c) -> str:
         return str(c) if c is not None else "shipped"
 
