@@ -676,8 +676,8 @@ def test_read_rows_keeps_the_split_maps_labels_and_finds_groups(tmp_path):
     assert read_rows(p, "val", mapping).sample_ids == ["id-002"]
     with pytest.raises(EvalError) as e:
         read_rows(p, "train", mapping)
-    assert str(e.value) == (f"{p}: no rows with split='train' (it holds ['test', 'val']); pass the test manifest "
-                            "(e.g. manifests/fer_test.parquet) or --split")
+    assert str(e.value) == (f"{p}: no rows with split='train' (it holds ['test', 'val']); pass a manifest "
+                            "that holds them (e.g. manifests/fer_train.parquet) or --split one of ['test', 'val']")
 
 
 def test_read_rows_group_columns_clip_first_and_all_none_is_no_grouping(tmp_path):
@@ -1166,7 +1166,8 @@ def test_ensemble_is_the_log_of_the_mean_probability(ckpt, fer_test, tmp_path):
         evaluate([ckpt, plus], fer_test, EvalConfig(plots=False))
     ferplus = list(get_label_set("ferplus").names)
     assert str(e.value) == (f"{plus}: an ensemble needs members with the same classes and input; it predicts "
-                            f"{ferplus} from image input, {ckpt} predicts {list(FER)} from image input")
+                            f"{ferplus} from image input, {ckpt} predicts {list(FER)} from image input; ensemble "
+                            "checkpoints trained on the same classes and input")
 
 
 def test_evaluate_refusals_are_one_clear_line(ckpt, fer_test, tmp_path):

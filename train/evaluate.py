@@ -151,8 +151,8 @@ def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool
     present = sorted(set(t.column("split").to_pylist()))
     t = t.filter(pc.equal(t.column("split"), split))
     if t.num_rows == 0:
-        raise EvalError(f"{path}: no rows with split={split!r} (it holds {present}); pass the test "
-                        "manifest (e.g. manifests/fer_test.parquet) or --split")
+        raise EvalError(f"{path}: no rows with split={split!r} (it holds {present}); pass a manifest "
+                        f"that holds them (e.g. manifests/fer_{split}.parquet) or --split one of {present}")
     label_ids = t.column("label_id").to_numpy()
     keep = np.array([mapping.to_model[i] is not None for i in label_ids], dtype=bool)
     dropped = {}
@@ -394,7 +394,8 @@ def evaluate(checkpoint: str | Path | None | list, manifest: str | Path, cfg: Ev
         if class_names(sc) != names or getattr(m, "input_kind", "image") != kind:
             raise EvalError(f"{ckpt}: an ensemble needs members with the same classes and input; it "
                             f"predicts {list(class_names(sc))} from {getattr(m, 'input_kind', 'image')} "
-                            f"input, {members[0]} predicts {list(names)} from {kind} input")
+                            f"input, {members[0]} predicts {list(names)} from {kind} input; ensemble "
+                            "checkpoints trained on the same classes and input")
         per_member.append(member_logits(m, *inputs_of(m, sc)))
         del m
     logits = first if len(members) == 1 else \
