@@ -148,6 +148,7 @@ def test_bad_teacher_is_refused_clearly(pair, teacher, tmp_path, case):
     assert r.exit_code == 2, r.output
     assert want in r.output, r.output
     assert "Traceback" not in r.output
+    assert "items ready" not in r.output  # refused before the manifests were decoded
 
 
 def test_ensemble_teacher_is_the_mean_of_its_members_logits(pair, teacher, tmp_path):
@@ -178,6 +179,7 @@ def test_ensemble_teacher_is_the_mean_of_its_members_logits(pair, teacher, tmp_p
                                  "--epochs", "1", "--max-steps", "2", "--device", "cpu", "--out", str(out),
                                  "--teacher", str(teacher), "--teacher", str(second)])
     assert r.exit_code == 0, r.output
+    assert f"distilling from {teacher}, {second} (an ensemble teacher" in " ".join(r.output.split())
     side = json.loads((out / "best.json").read_text())
     assert [t["path"] for t in side["teacher"]] == [str(teacher), str(second)]
     assert side["train_config"]["teacher"] == [str(teacher), str(second)]

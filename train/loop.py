@@ -566,6 +566,12 @@ def prepare_run(cfg: TrainConfig, info, emit: Progress) -> Run:
     spec = data.input_spec_for(model)
     if cfg.eval_resize and spec.preprocess is not None:  # recipe: Resize(n) + CenterCrop
         spec = replace(spec, preprocess=replace(spec.preprocess, resize_short=cfg.eval_resize))
+    teacher, teacher_side = None, None
+    if cfg.teacher:  # before the manifests are decoded: a bad teacher is refused in a second
+        teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, info.device)
+        emit({"kind": "status", "text": f"distilling from {', '.join(cfg.teacher)}"
+                                        + (" (an ensemble teacher: the mean of their logits)"
+                                           if len(cfg.teacher) > 1 else "")})
     emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
     t0 = time.perf_counter()
     load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
@@ -586,11 +592,8 @@ def prepare_run(cfg: TrainConfig, info, emit: Progress) -> Run:
     net = wrap(model, info)
     weight = (data.class_weights(train_data.labels, len(class_names)).to(device)
               if cfg.class_weights == "balanced" else None)
-    teacher, teacher_side = None, None
-    if cfg.teacher:
-        teacher, teacher_side = load_teacher(cfg, class_names, spec.preprocess, device)
-        if cl:
-            teacher.to(memory_format=torch.channels_last)
+    if teacher is not None and cl:
+        teacher.to(memory_format=torch.channels_last)
     scaler = (torch.amp.GradScaler("cuda") if cfg.amp and cfg.amp_dtype == "fp16"
               and device.startswith("cuda") else None)
     size = spec.preprocess.size if spec.preprocess else None

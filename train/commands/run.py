@@ -86,7 +86,7 @@ def command(**given) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
         typer.echo(f"best val_{summary['select_metric']} = {best:.4f} at epoch {summary['best_epoch']} "
-                   f"({summary['stop']}); checkpoint: {summary['run_dir']}/best.safetensors")
+                   f"({'all epochs run' if summary['stop'] == 'epochs' else summary['stop']}); checkpoint: {summary['run_dir']}/best.safetensors")
 
 
 # Typer reads a command's options from its signature: this one's comes from TrainConfig
