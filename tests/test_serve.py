@@ -226,3 +226,15 @@ def test_serve_refuses_a_taken_port_in_one_line(server):
     r = CliRunner().invoke(app, ["serve", "--port", str(port), "--stop-after", "5"])
     assert r.exit_code == 2, r.output
     assert "--port" in r.output and "Traceback" not in r.output
+
+
+def test_serve_takes_the_retinaface_weights_folder_its_message_names(tmp_path):
+    """`--detector retinaface` without weights names `--weights-dir`, and serve accepts that flag."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--detector", "retinaface", "--weights-dir", str(tmp_path),
+                                 "--stop-after", "5"])
+    assert r.exit_code == 2, r.output
+    assert "--weights-dir" in r.output and "No such option" not in r.output and "Traceback" not in r.output

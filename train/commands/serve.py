@@ -19,11 +19,14 @@ def command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Probabilities shown per face.")] = 3,
     detector: Annotated[str, typer.Option("--detector", help="auto | mtcnn | haar | retinaface | none, as "
                                           "in `train predict`.")] = "auto",
+    weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder, as "
+                                                     "in `train predict`.")] = None,
     window: Annotated[int, typer.Option("--window", min=1, help="Video: frames whose logits are averaged.")] = 16,
     gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Grad-CAM overlay per face.")] = True,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
-    stop_after: Annotated[float | None, typer.Option("--stop-after", min=1, hidden=True,
-                                                     help="Stop after this many seconds (tests).")] = None,
+    stop_after: Annotated[float | None, typer.Option("--stop-after", min=1,
+                                                     help="Stop after this many seconds (a demo or a "
+                                                          "test; default: run until Ctrl-C).")] = None,
 ) -> None:
     """A local web page: photos, webcam or a short video in; boxed faces, top-k bars, Grad-CAM out.
 
@@ -42,7 +45,8 @@ def command(
     from train.serve import Analyser, serve
 
     try:
-        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device)
+        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device,
+                                                     weights_dir=weights_dir)
     except PredictError as e:
         err.print(f"train serve: {e}")
         raise typer.Exit(2)
