@@ -170,12 +170,12 @@ EQUIVALENT: dict[str, str] = {
     **{f"train.evaluate.x__tta_views__mutmut_{n}": "align_corners=None, or left out, is False for bilinear "
        "interpolation (torch's default)" for n in (25, 30)},
     **{f"train.evaluate.x_{f}__mutmut_{n}": _INFERRED for f, ns in (("clip_rows", (44, 46, 48, 50)),
-       ("read_rows", (56, 58, 72, 74, 134, 136)), ("variants", (15, 17))) for n in ns},
+       ("read_rows", (56, 58, 78, 80, 140, 142)), ("variants", (15, 17))) for n in ns},
     **{f"train.evaluate.x_label_mapping__mutmut_{n}": "only mode 'none' refuses another label set; any other "
        "default maps it zero-shot, as 'auto' does" for n in (1, 2)},
     **{f"train.evaluate.x_read_rows__mutmut_{n}": "reading every column instead of those listed gives the same "
        "columns by name, rows and values" for n in (26, 28)},
-    "train.evaluate.x_read_rows__mutmut_105": "frame_index is a core column (features/schema.py): open_manifest "
+    "train.evaluate.x_read_rows__mutmut_111": "frame_index is a core column (features/schema.py): open_manifest "
     "refuses a manifest without it before read_rows runs",
     "train.evaluate.x_worst_confused__mutmut_13": "numpy reads the sort kind case-insensitively: 'STABLE' is 'stable'",
 }
