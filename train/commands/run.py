@@ -85,8 +85,9 @@ def command(**given) -> None:
     summary = _run(cfg, err)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
+        stop = "all epochs run" if summary["stop"] == "epochs" else summary["stop"]
         typer.echo(f"best val_{summary['select_metric']} = {best:.4f} at epoch {summary['best_epoch']} "
-                   f"({'all epochs run' if summary['stop'] == 'epochs' else summary['stop']}); checkpoint: {summary['run_dir']}/best.safetensors")
+                   f"({stop}); checkpoint: {summary['run_dir']}/best.safetensors")
 
 
 # Typer reads a command's options from its signature: this one's comes from TrainConfig
