@@ -240,7 +240,8 @@ def read_meta(path: str | Path) -> dict[bytes, bytes]:
     try:
         return pq.read_schema(path).metadata or {}
     except (pa.ArrowInvalid, OSError) as e:
-        raise ManifestError(f"{path}: not a readable Parquet file ({e}); {REMEDY}") from None
+        raise ManifestError(f"{path}: not a readable Parquet file ({e}); a manifest is the Parquet file "
+                            f"`pipeline ingest` or a stage writes: pass one, or if this was one, {REMEDY}") from None
 
 
 def open_manifest(path: str | Path) -> tuple[pa.Schema, LabelSet]:

@@ -82,8 +82,10 @@ def test_foreign_parquet_and_missing_file(tmp_path):
         manifest.open_manifest(tmp_path / "nope.parquet")
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet at all")
-    with pytest.raises(manifest.ManifestError, match="not a readable Parquet"):
+    with pytest.raises(manifest.ManifestError, match="not a readable Parquet") as e:
         manifest.open_manifest(junk)
+    # a CSV or JSON passed by mistake is not told only to re-create its "manifest"
+    assert "a manifest is the Parquet file `pipeline ingest` or a stage writes: pass one" in str(e.value)
 
 
 def test_wrong_column_type_refused(tmp_path):
