@@ -235,7 +235,8 @@ def retinaface_weights(weights_dir: str | Path | None, network: str = "resnet50"
     raise WeightsNotFound(
         f"retinaface: needs {fname} in {where}. affectlab never downloads it: get it from the facexlib "
         f"project's v0.1.0 release assets on a machine with network, put it in a folder and pass "
-        f"--weights-dir FOLDER (or use the haar detector: `--detector haar` in train predict, `--backend haar` in pipeline faces; it needs no download).")
+        f"--weights-dir FOLDER (or use the haar detector: `--detector haar` in train predict, "
+        f"`--backend haar` in pipeline faces; it needs no download).")
 
 
 def _network_of(path: Path) -> str:
