@@ -110,6 +110,7 @@ def test_labelled_folder_is_scored_and_skipped_files_counted(ckpt, astronaut, tm
     r = CliRunner().invoke(app, ["predict", str(root), "--checkpoint", str(ckpt), "--csv"])
     assert r.exit_code == 0, r.output
     assert "1 files skipped by extension" in r.stderr and "labelled folders (2 photos" in r.stderr
+    assert "" not in r.stderr.splitlines(), "a progress bar left a blank line on a pipe"
     assert "true_label" in r.stdout.splitlines()[0]
 
 

@@ -50,7 +50,7 @@ def command(
     check_outputs(out, rejects)  # an unwritable --out fails now, not after decoding every image
     try:
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
+                      TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("decoding", total=None)
             result = ingest(path, cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
     except IngestError as e:

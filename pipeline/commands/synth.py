@@ -44,7 +44,7 @@ def command(
 
     cfg = SynthConfig(out=out, per_class=per_class, seed=seed, size=size, videos=videos, frames=frames)
     with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("synth", total=total_files(cfg))
         counts = write_tree(cfg, progress=lambda n: bar.advance(task, n))
     n_train, n_test = split_counts(per_class)

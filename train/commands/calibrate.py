@@ -43,7 +43,7 @@ def command(
         cfg = CalibrateConfig(max_acc_drop=max_acc_drop, tau_max=tau_max, tau_step=tau_step,
                               batch_size=batch_size, device=device)
         with Progress(TextColumn("val logits"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("val", total=None)
             rep = calibrate(checkpoint, val, out, cfg, train_manifest, progress=lambda n: bar.advance(task, n))
     except (EvalError, CheckpointError) as e:

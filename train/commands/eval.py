@@ -53,7 +53,7 @@ def command(
         cfg = EvalConfig(tta=tta, label_map=label_map, split=split, batch_size=batch_size, device=device,
                          plots=plots, image_features=image_features, text_features=text_features)
         with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+                      console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task("eval", total=None)
             report = evaluate(checkpoint if len(checkpoint) > 1 else checkpoint[0], manifest, cfg, out, progress=lambda n: bar.advance(task, n))
     except (EvalError, CheckpointError) as e:  # CheckpointError: a sidecar that lacks a field

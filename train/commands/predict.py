@@ -90,7 +90,7 @@ def command(
                             describe=describe, caption_model=caption_model, vqa_model=vqa_model,
                             max_frames=max_frames)
         with Progress(TextColumn("predict {task.completed} inputs/frames"), TimeElapsedColumn(),
-                      console=err, transient=True) as bar:
+                      console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("predict", total=None)
             records = run(predictor, inputs, cfg, progress=lambda n: bar.advance(task, n))
     except PredictError as e:

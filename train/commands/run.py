@@ -188,7 +188,7 @@ class _Display:
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TextColumn("{task.fields[loss]}"),
-                                     console=self.console, transient=True)
+                                     console=self.console, transient=True, disable=not self.console.is_terminal)
             self.progress.__enter__()
         return self
 
