@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.hub import WeightsNotFound, resolve
+from features.schema import META_FEATURES
 
-META_FEATURES = b"affectlab.features"  # JSON: encoder, weights, weights_sha256, dim, dtype, source...
 FEATURES_VERSION = "1"
 
 

@@ -19,6 +19,7 @@ from features.labels import LabelSet
 from features.schema import (
     ALL_COLUMNS,
     CORE,
+    META_FEATURES,
     META_LABEL_SET,
     META_PRODUCER,
     META_VERSION,
@@ -250,6 +251,11 @@ def open_manifest(path: str | Path) -> tuple[pa.Schema, LabelSet]:
     meta = read_meta(path)
     version = meta.get(META_VERSION)
     if version is None:
+        if META_FEATURES in meta:
+            raise ManifestError(
+                f"{path}: a feature file from `pipeline embed` (vectors keyed by sample_id), not a manifest; "
+                f"pass the manifest it was made from as the manifest and this file as --image-features or "
+                f"--text-features (`pipeline balance`: --features)")
         raise ManifestError(f"{path}: no affectlab schema version in its metadata; {REMEDY}")
     if version.decode() != SCHEMA_VERSION:
         raise ManifestError(

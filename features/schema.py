@@ -19,6 +19,7 @@ SCHEMA_VERSION = "1"
 META_VERSION = b"affectlab.schema_version"
 META_LABEL_SET = b"affectlab.label_set"  # JSON: {"name": ..., "names": [...]}
 META_PRODUCER = b"affectlab.producer"  # JSON: which command/stage wrote the file, with settings
+META_FEATURES = b"affectlab.features"  # JSON: encoder, weights, weights_sha256, dim, dtype, source...
 
 SPLITS = ("train", "val", "test")
 

@@ -88,6 +88,18 @@ def test_foreign_parquet_and_missing_file(tmp_path):
     assert "a manifest is the Parquet file `pipeline ingest` or a stage writes: pass one" in str(e.value)
 
 
+def test_feature_file_passed_as_manifest_says_where_it_goes(tmp_path):
+    import numpy as np
+
+    from features.encoders import features_table, write_features
+
+    feat = write_features(features_table(["a", "b"], np.zeros((2, 4), np.float32)), tmp_path / "f.parquet",
+                          {"encoder": "test", "dim": 4})
+    with pytest.raises(manifest.ManifestError, match="a feature file from `pipeline embed`") as e:
+        manifest.open_manifest(feat)
+    assert "--image-features or --text-features" in str(e.value)
+
+
 def test_wrong_column_type_refused(tmp_path):
     rows, ls = _rows(3)
     t = manifest.to_table(rows)
