@@ -89,11 +89,12 @@ def test_labelled_folder_is_scored_and_skipped_files_counted(ckpt, astronaut, tm
     from train.predict import PredictConfig, run, score_labelled
 
     root = tmp_path / "labelled"
-    for cls in ("happy", "Sad"):
+    for cls in ("happy", "Sad", "happiness"):
         (root / cls).mkdir(parents=True)
     (root / "happy" / "a.png").write_bytes(encode(astronaut))
     (root / "Sad" / "b.png").write_bytes(encode(np.full((80, 80), 100, np.uint8)))
     (root / "Sad" / "c.heic").write_bytes(b"\x00" * 10)
+    (root / "happiness" / "d.png").write_bytes(encode(astronaut))  # not a class name: predicted, not scored
     from train.api import EmotionPredictor
 
     p = EmotionPredictor.from_checkpoint(ckpt)
@@ -111,6 +112,8 @@ def test_labelled_folder_is_scored_and_skipped_files_counted(ckpt, astronaut, tm
     assert r.exit_code == 0, r.output
     assert "1 files skipped by extension" in r.stderr and "labelled folders (2 photos" in r.stderr
     assert "" not in r.stderr.splitlines(), "a progress bar left a blank line on a pipe"
+    assert "happiness/ (1 image) is not a class of this model" in r.stderr
+    assert f"; model {Path(str(ckpt)).stem}, detector mtcnn" in r.stderr  # the summary names the model
     assert "true_label" in r.stdout.splitlines()[0]
 
 

@@ -231,7 +231,7 @@ def test_cli_json_csv_table(ckpt, inputs, tmp_path):
     r = runner.invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), "--json", "--no-fallback"])
     assert r.exit_code == 0 and {d["status"] for d in json.loads(r.stdout)} == {"ok", "no_face"}
     r = runner.invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt)])
-    assert r.exit_code == 0 and "1 input/frame, 1 face (0 face_source=whole_image" in r.stderr
+    assert r.exit_code == 0 and "1 input/frame, 1 face, 0 without a face" in r.stderr  # no "(0 whole_image)"
     assert "box (x,y,w,h)" in r.stdout and any(name in r.stdout for name in FER)
     # the table marks the whole-image fallback as JSON and CSV do, shows no frame column for
     # photos, heads top-k with what a 7-class model can show, and folds nothing into a pipe
@@ -429,3 +429,16 @@ def test_unwritable_outputs_are_refused_first_in_one_line_naming_the_option(ckpt
     ok = tmp_path / "cams" / "deep"
     r = CliRunner().invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt), "--gradcam", str(ok)])
     assert r.exit_code == 0 and any(ok.iterdir())
+
+
+def test_out_video_on_photos_is_refused_not_announced(ckpt, inputs, tmp_path):
+    """--out-video with photos only: it used to end with "annotated video: o.mp4" and write nothing."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    out = tmp_path / "o.mp4"
+    r = CliRunner().invoke(app, ["predict", str(inputs / "sub"), "--checkpoint", str(ckpt), "--out-video", str(out)])
+    assert r.exit_code == 2 and not out.exists()
+    assert r.stderr.strip().startswith("train predict: --out-video annotates a video or camera input")
+    assert len(r.stderr.strip().splitlines()) == 1

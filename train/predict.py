@@ -198,6 +198,9 @@ def run(predictor: EmotionPredictor, inputs: Sequence[str | int | Path], cfg: Pr
     sources, records = collect(inputs)
     describer = Describer(cfg.caption_model, cfg.vqa_model, predictor.device) if cfg.describe else None
     streams = [s for s in sources if s.kind != "image"]
+    if cfg.out_video is not None and not streams:
+        raise PredictError("--out-video annotates a video or camera input, and these inputs are images: "
+                           "drop --out-video (--gradcam DIR writes an overlay per photo)")
     if cfg.out_video is not None and len(streams) > 1:
         raise PredictError("--out-video takes one video or camera input; got "
                            f"{len(streams)} ({', '.join(str(s.ref) for s in streams)})")
@@ -216,17 +219,43 @@ def label_from_folders(records: Sequence[Record], inputs: Sequence[str | int | P
     from dataclasses import replace
 
     by_lower = {c.lower(): c for c in class_names}
-    roots = [Path(i).resolve() for i in inputs if not isinstance(i, int) and Path(i).is_dir()]
     out = []
+    for r, sub in zip(records, _subfolders(records, inputs)):
+        label = by_lower.get(sub[1].lower()) if sub else None
+        out.append(replace(r, true_label=label) if label else r)
+    return out
+
+
+def unscored_folders(records: Sequence[Record], inputs: Sequence[str | int | Path],
+                     class_names: Sequence[str]) -> dict[str, int]:
+    """{subfolder: images} for the subfolders of a labelled input folder (one with at least one
+    subfolder named after a class) whose names are not classes of this checkpoint (e.g.
+    `happiness/` beside `sad/`): their images are predicted but not scored."""
+    classes = {c.lower() for c in class_names}
+    subs = [s for s in _subfolders(records, inputs) if s]
+    labelled = {root for root, name in subs if name.lower() in classes}
+    out: dict[str, int] = {}
+    for root, name in subs:
+        if root in labelled and name.lower() not in classes:
+            key = str(Path(root) / name)
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _subfolders(records: Sequence[Record], inputs: Sequence[str | int | Path]) -> list[tuple[str, str] | None]:
+    """For each record: (input folder, name of its first subfolder) when it is an image read from
+    inside a subfolder of an input folder, else None."""
+    roots = [Path(i).resolve() for i in inputs if not isinstance(i, int) and Path(i).is_dir()]
+    out: list[tuple[str, str] | None] = []
     for r in records:
-        label = None
+        sub = None
         if r.frame is None and r.status != "skipped":
             p = Path(r.source).resolve()
             for root in roots:
                 if p.is_relative_to(root) and len(p.relative_to(root).parts) >= 2:
-                    label = by_lower.get(p.relative_to(root).parts[0].lower())
+                    sub = (str(root), p.relative_to(root).parts[0])
                     break
-        out.append(replace(r, true_label=label) if label else r)
+        out.append(sub)
     return out
 
 

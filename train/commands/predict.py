@@ -52,8 +52,8 @@ def command(
     from rich.console import Console
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-    from train.api import EmotionPredictor, PredictError
-    from train.predict import PredictConfig, run, score_labelled, summary, to_csv, to_json
+    from train.api import EmotionPredictor, PredictError, default_checkpoint
+    from train.predict import PredictConfig, run, score_labelled, summary, to_csv, to_json, unscored_folders
 
     err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines (grep-able)
     if as_json and as_csv:
@@ -112,18 +112,26 @@ def command(
         if r.status == "error":
             err.print(f"[yellow]skipped[/] {r.source}: {_reason(r)}", highlight=False)
     cams = sum(len(r.gradcam) for r in records)
-    whole = (f"{s['whole_image']} whole images: --detector none" if predictor.detector == "none" else
-             f"{s['whole_image']} face_source=whole_image: no face found, central square classified")
-    err.print(f"{_n(s['inputs'], 'input/frame', 'inputs/frames')}, {_n(s['faces'], 'face')} ({whole}), "
+    whole = (f" ({s['whole_image']} whole images: --detector none)" if predictor.detector == "none" else
+             f" ({s['whole_image']} face_source=whole_image: no face found, central square classified)"
+             if s["whole_image"] else "")
+    err.print(f"{_n(s['inputs'], 'input/frame', 'inputs/frames')}, {_n(s['faces'], 'face')}{whole}, "
               f"{s['no_face']} without a face, {_n(s['errors'], 'error')}"
               + (f", {s['skipped']} files skipped by extension" if s["skipped"] else "")
-              + f"; detector {predictor.detector}, TTA {predictor.tta}"
-              + (f"; annotated video: {out_video}" if out_video else "")
+              + f"; model {Path(str(checkpoint or default_checkpoint())).stem}, detector {predictor.detector}, "
+                f"TTA {predictor.tta}"
+              + (f"; annotated video: {out_video}" if out_video and out_video.is_file() else "")
               + (f"; {cams} Grad-CAM overlays in {gradcam}" if gradcam else ""))
+    from rich.markup import escape
+
+    for folder, n in unscored_folders(records, inputs, predictor.class_names).items():
+        err.print(f"[yellow]note:[/] {escape(folder)}/ ({_n(n, 'image')}) is not a class of this model "
+                  f"({', '.join(predictor.class_names)}): predicted, not scored; rename it to a class to score it",
+                  highlight=False)
     scored = score_labelled(records, predictor.class_names)
     if scored:
         found = "" if scored["accuracy_on_found"] is None else f", accuracy on found faces {scored['accuracy_on_found']:.1%}"
-        err.print(f"labelled folders ({scored['photos']} photos, classes from folder names): accuracy "
+        err.print(f"labelled folders ({_n(scored['photos'], 'photo')}, classes from folder names): accuracy "
                   f"{scored['accuracy']:.1%}, UAR {scored['uar']:.1%}, face found {scored['face_found']:.1%}{found}")
     if s["processed"] == 0:
         raise typer.Exit(2)
