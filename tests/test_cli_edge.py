@@ -33,3 +33,21 @@ def test_a_usage_error_is_one_line_naming_the_command(app, args, where, what):
 def test_help_is_still_help():
     r = CliRunner().invoke(train_app, ["predict", "--help"])
     assert r.exit_code == 0 and "Usage:" in r.output and "--top-k" in r.output
+
+
+def test_command_errors_name_app_and_command_not_a_bare_error_tag(tmp_path):
+    """`pipeline balance` and `pipeline synth` said `error: ...` through rich markup, unlike every
+    other command's `<app> <command>: ...` (and rich would eat a `[word]` in the message)."""
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b\n1,2\n")
+    r = CliRunner().invoke(pipeline_app, ["balance", "--in", str(csv), "--out", str(tmp_path / "b.parquet")])
+    assert r.exit_code == 2 and r.stderr.startswith(f"pipeline balance: {csv}: not a readable Parquet file")
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    r = CliRunner().invoke(pipeline_app, ["synth", "--out", str(a_file)])
+    assert r.exit_code == 2 and r.stderr.strip() == f"pipeline synth: --out {a_file} is a file; give a folder."
+
+
+def test_ray_extra_survives_rich_help():
+    r = CliRunner().invoke(pipeline_app, ["faces", "--help"], env={"COLUMNS": "300"})
+    assert "pip install 'affectlab[ray]'" in r.output

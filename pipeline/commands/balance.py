@@ -47,11 +47,10 @@ def command(
                 result, rep = balance_manifest(table, label_set, cfg, where=str(in_), progress=say)
             else:
                 result, rep = _balance_in_features(table, label_set, cfg, features, in_, say)
-    except (BalanceError, ManifestError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
-    except ValueError as e:  # a feature-file error from features.encoders, or imblearn's own checks
-        console.print(f"[red]error:[/] {e}")
+    except (BalanceError, ManifestError, ValueError) as e:
+        # ValueError: a feature-file error from features.encoders, or imblearn's own checks.
+        # typer.echo, not rich: the message's paths and [brackets] stay as they are
+        typer.echo(f"pipeline balance: {e}", err=True)
         raise typer.Exit(2) from None
 
     if rep["shortfalls"] and strict:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pipeline.parts import RunConfig
 
 Executor = Annotated[str, typer.Option(
-    help="local (this process) or ray (Ray Data actor pool; needs `pip install 'affectlab[ray]'`).")]
+    help="local (this process) or ray (Ray Data actor pool; needs `pip install 'affectlab\\[ray]'`).")]
 RayAddress = Annotated[str | None, typer.Option(
     "--ray-address", help="With --executor ray: default starts a local Ray on this machine's CPUs; "
     "'auto' or ray://HOST:PORT joins a running cluster.")]

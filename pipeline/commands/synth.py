@@ -33,11 +33,11 @@ def command(
     console = Console(stderr=True, soft_wrap=True)  # whole lines: error messages stay greppable
     present = [p for p in _OWN_PARTS if (out / p).exists()]
     if present and not overwrite:
-        console.print(f"[red]error:[/] {out} already holds {', '.join(p + '/' for p in present)}; "
-                      "pass --overwrite to replace them, or choose another --out.")
+        typer.echo(f"pipeline synth: {out} already holds {', '.join(p + '/' for p in present)}; "
+                   "pass --overwrite to replace them, or choose another --out.", err=True)
         raise typer.Exit(2)
     if out.exists() and not out.is_dir():
-        console.print(f"[red]error:[/] --out {out} is a file; give a folder.")
+        typer.echo(f"pipeline synth: --out {out} is a file; give a folder.", err=True)
         raise typer.Exit(2)
     for p in present:
         shutil.rmtree(out / p)
