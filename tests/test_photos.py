@@ -209,3 +209,15 @@ def test_json_and_csv_carry_face_source_and_exit_2_when_nothing_processed(ckpt, 
     assert by["ok.png"]["faces"][0]["face_source"] == "detector"
     r = runner.invoke(app, ["predict", str(tmp_path / "bad.jpg"), "-c", str(ckpt)])
     assert r.exit_code == 2 and "bad.jpg" in r.stderr and "Traceback" not in r.output
+
+
+def test_detector_none_classifies_the_central_square_not_a_squashed_photo(ckpt):
+    """--detector none used to resize the whole photo to the model's square input (a 300x900 photo
+    squashed 3:1); it now classifies the central square, as the fallback does and the docs say."""
+    from train.api import EmotionPredictor
+
+    p = EmotionPredictor.from_checkpoint(ckpt, detector="none")
+    wide = np.random.default_rng(0).integers(0, 255, (300, 900), dtype=np.uint8)
+    (face,) = p.faces(wide)
+    assert face.box == (300, 0, 300, 300) and face.source == "whole_image"
+    assert np.array_equal(face.crop, wide[:, 300:600])

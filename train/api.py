@@ -41,7 +41,7 @@ class PredictError(ValueError):
 class FacePrediction:
     label: str
     prob: float
-    box: tuple[int, int, int, int]  # x, y, w, h in the source image (the whole image with detector "none")
+    box: tuple[int, int, int, int]  # x, y, w, h in the source image (the central square with detector "none" or the fallback)
     topk: tuple[tuple[str, float], ...]
     face_score: float | None = None  # detector confidence (Haar has none: 1.0), None without a detector
     logits: tuple[float, ...] = field(default=(), repr=False)  # raw, for temporal smoothing and ensembles
@@ -233,7 +233,7 @@ class EmotionPredictor:
 
     # -- faces ---------------------------------------------------------------------------------
     def faces(self, image: np.ndarray) -> list[Face]:
-        """Every face in `image`, largest first; the whole image when the detector is 'none'."""
+        """Every face in `image`, largest first; its central square when the detector is 'none'."""
         return self.faces_batch([image])[0]
 
     def faces_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
@@ -242,8 +242,8 @@ class EmotionPredictor:
         An image without a face gets its central square (face_source "whole_image") when
         `fallback` is on, else []. Raises PredictError when the detector cannot run.
         """
-        if self.detector == "none":
-            return [[Face((0, 0, int(im.shape[1]), int(im.shape[0])), None, im, "whole_image")] for im in images]
+        if self.detector == "none":  # the central square, as the fallback: a squashed photo is no face
+            return [[central_square(im)] for im in images]
         from features.faces import FER_TEMPLATE, FaceError, crop_face, detect_faces_batch
 
         try:

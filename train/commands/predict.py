@@ -21,7 +21,7 @@ def command(
     gradcam: Annotated[Path | None, typer.Option("--gradcam", help="Folder for Grad-CAM overlay PNGs.")] = None,
     detector: Annotated[str, typer.Option("--detector", help="auto (mtcnn when facenet-pytorch is "
                                           "installed, else haar) | mtcnn | haar | retinaface (needs its "
-                                          "weights in --weights-dir) | none (inputs are crops).")] = "auto",
+                                          "weights in --weights-dir) | none (inputs are crops: their central square).")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder.")] = None,
     pad: Annotated[float | None, typer.Option("--pad", help="Margin around a detected face, as a fraction "
                                               "of its size per side: > 0 widens, < 0 (above -0.5) tightens "
@@ -112,7 +112,7 @@ def command(
         if r.status == "error":
             err.print(f"[yellow]skipped[/] {r.source}: {_reason(r)}", highlight=False)
     cams = sum(len(r.gradcam) for r in records)
-    whole = (f" ({s['whole_image']} whole images: --detector none)" if predictor.detector == "none" else
+    whole = (f" ({s['whole_image']} central squares: --detector none)" if predictor.detector == "none" else
              f" ({s['whole_image']} face_source=whole_image: no face found, central square classified)"
              if s["whole_image"] else "")
     err.print(f"{_n(s['inputs'], 'input/frame', 'inputs/frames')}, {_n(s['faces'], 'face')}{whole}, "
