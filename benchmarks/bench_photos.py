@@ -221,11 +221,13 @@ def threshold_bench(predictor, sets: dict, min_face: int) -> list[dict]:
     import features.faces as faces
     from train.api import central_square
 
-    keep, rows = faces.MTCNN_RETRY_THRESHOLDS, []
+    keep, keep_clahe, rows = faces.MTCNN_RETRY_THRESHOLDS, faces.MTCNN_CLAHE_PASS, []
+    # every setting of the sweep with the CLAHE third pass, then the default without it (its worth)
+    settings = [(th, keep_clahe) for th in THRESHOLD_SWEEP] + [(keep, None)]
     try:
-        for th in THRESHOLD_SWEEP:
-            faces.MTCNN_RETRY_THRESHOLDS = th
-            row = {"retry_thresholds": None if th is None else list(th)}
+        for th, clahe in settings:
+            faces.MTCNN_RETRY_THRESHOLDS, faces.MTCNN_CLAHE_PASS = th, clahe
+            row = {"retry_thresholds": None if th is None else list(th), "clahe_pass": clahe is not None and th is not None}
             for name, (imgs, truth, fallback) in sets.items():
                 found, secs = detect_all(imgs, "mtcnn", min_face)
                 template = faces.FER_TEMPLATE if predictor.crop == "landmarks" else None
@@ -239,11 +241,11 @@ def threshold_bench(predictor, sets: dict, min_face: int) -> list[dict]:
                 row[name] = {"face_found": float(np.mean([bool(f) for f in found])), "accuracy": acc, "uar": uar,
                              "ms_detect_per_image": 1000 * secs / len(imgs)}
             rows.append(row)
-            print(f"mtcnn second pass {th}: " + "; ".join(
+            print(f"mtcnn second pass {th}, CLAHE pass {row['clahe_pass']}: " + "; ".join(
                 f"{n} found {r['face_found']:.1%}, {r['accuracy']:.1%}/{r['uar']:.1%}, {r['ms_detect_per_image']:.1f} ms"
-                for n, r in row.items() if n != "retry_thresholds"), flush=True)
+                for n, r in row.items() if isinstance(r, dict)), flush=True)
     finally:
-        faces.MTCNN_RETRY_THRESHOLDS = keep
+        faces.MTCNN_RETRY_THRESHOLDS, faces.MTCNN_CLAHE_PASS = keep, keep_clahe
     return rows
 
 
@@ -310,7 +312,9 @@ def markdown(res: dict) -> str:
 
         lines += ["", f"MTCNN's second pass: the images where the first pass ({' / '.join(map(str, MTCNN_THRESHOLDS))}) "
                   "found no face run once more at lower P-net / R-net / O-net thresholds (the default second "
-                  f"pass: {' / '.join(map(str, MTCNN_RETRY_THRESHOLDS or ())) or 'none'}); largest face cropped as "
+                  f"pass: {' / '.join(map(str, MTCNN_RETRY_THRESHOLDS or ())) or 'none'}), then those still "
+                  "without one on a contrast-equalised (CLAHE) copy at the same thresholds (the third pass; "
+                  "the last row goes without it); largest face cropped as "
                   "`train predict` crops it, mtcnn + fallback on wild_dev, a missed face wrong on the canvases "
                   "(1 thread):", "",
                   "| second pass | wild_dev found | wild_dev accuracy / UAR | ms / photo | canvas found | canvas accuracy | ms / canvas |",
@@ -318,7 +322,8 @@ def markdown(res: dict) -> str:
         for r in res["thresholds"]:
             w, c = r["wild_dev"], r.get("canvas")
             th = r["retry_thresholds"]
-            lines.append(f"| {'none' if th is None else ' / '.join(map(str, th))} | {_pct(w['face_found'])} | {_pct(w['accuracy'])} / "
+            name = "none" if th is None else " / ".join(map(str, th)) + ("" if r.get("clahe_pass", True) else ", no CLAHE pass")
+            lines.append(f"| {name} | {_pct(w['face_found'])} | {_pct(w['accuracy'])} / "
                          f"{_pct(w['uar'])} | {w['ms_detect_per_image']:.1f} | "
                          + (f"{_pct(c['face_found'])} | {_pct(c['accuracy'])} | {c['ms_detect_per_image']:.1f} |"
                             if c else "- | - | - |"))

@@ -235,3 +235,24 @@ def test_mtcnn_second_pass_only_where_the_first_found_nothing(monkeypatch):
     assert len(faces.detect_faces(img, backend="mtcnn")) == 1  # first pass found her: no second pass
     monkeypatch.setattr(faces, "MTCNN_THRESHOLDS", (0.3, 0.4, 0.5))
     assert len(faces.detect_faces(img, backend="mtcnn")) == 2  # the false face the design avoids
+
+
+def test_mtcnn_third_pass_finds_a_low_contrast_face_on_an_equalised_copy(monkeypatch):
+    """The astronaut at 7 % of her contrast: both cascades miss her; the pass on a CLAHE copy finds
+    her where the full-contrast photo has her, and reports source-image pixels."""
+    import cv2
+
+    import features.faces as faces
+
+    _need_mtcnn()
+    grey = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2GRAY)
+    low = (grey.astype(np.float32) * 0.07 + 110).astype(np.uint8)
+    monkeypatch.setattr(faces, "MTCNN_CLAHE_PASS", None)
+    assert faces.detect_faces(low, backend="mtcnn") == []
+    monkeypatch.setattr(faces, "MTCNN_CLAHE_PASS", (2.0, 8))
+    (face,) = faces.detect_faces(low, backend="mtcnn")
+    (full,) = faces.detect_faces(grey, backend="mtcnn")
+    assert np.abs(np.subtract(face.box, full.box)).max() <= 8 and face.landmarks.shape == (5, 2)
+    # colour input takes the same pass (equalised on its grey image)
+    (rgb,) = faces.detect_faces(np.repeat(low[..., None], 3, axis=2), backend="mtcnn")
+    assert rgb.box == face.box
