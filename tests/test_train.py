@@ -59,6 +59,17 @@ def test_augment_keeps_shape_and_draws_per_sample_flips():
     assert build_augment("strong", (48, 48))(x).shape == x.shape
 
 
+def test_framing_augment_zooms_out_on_repeated_borders_not_black():
+    """`framing` crops 0.88-1.12x the face: zooming out shows the repeated border (a black band
+    would be a feature no detector crop has); only rotation corners may be black."""
+    from train.transforms import build_augment
+
+    torch.manual_seed(0)
+    x = torch.full((256, 1, 48, 48), 200, dtype=torch.uint8)
+    y = build_augment("framing", (48, 48))(x).float()
+    assert y.shape == x.shape and y.mean(dim=(1, 2, 3)).min() > 190 and (y == 0).float().mean() < 0.01
+
+
 # ---- data and batching ----------------------------------------------------------------------
 
 def test_load_split_decodes_into_memory(pair):

@@ -20,7 +20,7 @@ CHOICES = {
     "class_weights": ("none", "balanced"),
     "channels_last": ("auto", "on", "off"),
     # light/strong: ours; cmaen/miniaffectgpt/affectfusion: the seeds' own lists (train/transforms.py)
-    "augment": ("none", "light", "strong", "cmaen", "miniaffectgpt", "affectfusion"),
+    "augment": ("none", "light", "framing", "strong", "cmaen", "miniaffectgpt", "affectfusion"),
     "select_metric": ("uar", "acc", "f1"),
     "device": ("auto", "cpu", "cuda"),
     "preset": ("7", "5", "4", "2"),
@@ -85,7 +85,7 @@ class TrainConfig:
     # fp16 (with a GradScaler) only on CUDA; the CPU autocasts to bf16
     amp_dtype: str = option("bf16", "bf16 | fp16")
     channels_last: str = option("auto", "auto | on | off")
-    augment: str = option("light", "none | light | strong | cmaen | miniaffectgpt | affectfusion")
+    augment: str = option("light", "none | light | framing | strong | cmaen | miniaffectgpt | affectfusion")
     augment_group: int = 8
     early_stop: int | None = option(None, "Stop after N epochs without a better val metric.")
     select_metric: str = option("uar", "uar | acc | f1: picks the best checkpoint on val.")

@@ -140,13 +140,14 @@ class Preprocess:
         return TF.center_crop(t, list(self.size))
 
 
-AUGMENT_LEVELS = ("none", "light", "strong", "cmaen", "miniaffectgpt", "affectfusion")
+AUGMENT_LEVELS = ("none", "light", "framing", "strong", "cmaen", "miniaffectgpt", "affectfusion")
 
 
 def build_augment(level: str, size: tuple[int, int], group: int = 8):
     """A callable uint8 batch (B, C, H, W) -> augmented uint8 batch, or None for 'none'.
 
-    Levels: `light` / `strong` are this project's; `cmaen`, `miniaffectgpt` and `affectfusion`
+    Levels: `light` / `framing` / `strong` are this project's (`framing`: the side 0.88-1.12x the
+    face's and its centre up to a fifth of it off, as a detector's box frames a face); `cmaen`, `miniaffectgpt` and `affectfusion`
     are the seeds' own training transforms as torchvision v2 lists (sources: the recipes in
     train/recipes/ and the comments below). Every level flips horizontally with p 0.5.
 
@@ -167,6 +168,12 @@ def build_augment(level: str, size: tuple[int, int], group: int = 8):
     if level == "light":
         ops = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
                v2.RandomRotation(10)]
+    elif level == "framing":
+        # a face detector's framing: the face a little larger or smaller and off centre. The border
+        # is repeated first (as crop_face repeats it), so zooming out shows no black frame
+        pad = max(1, round(0.125 * min(size)))
+        ops = [v2.Pad(pad, padding_mode="edge"), v2.RandomRotation(10),
+               v2.RandomResizedCrop(size, scale=(0.49, 0.81), ratio=(0.9, 1.1), antialias=True)]
     elif level == "strong":
         ops = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
                v2.RandomRotation(20),
