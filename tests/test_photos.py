@@ -221,3 +221,29 @@ def test_detector_none_classifies_the_central_square_not_a_squashed_photo(ckpt):
     (face,) = p.faces(wide)
     assert face.box == (300, 0, 300, 300) and face.source == "whole_image"
     assert np.array_equal(face.crop, wide[:, 300:600])
+
+
+def test_truncated_video_is_noted_and_ffmpeg_logs_stay_quiet(predictor, astronaut, tmp_path):
+    """A video cut short used to end early without a word, and FFmpeg printed its own lines
+    ("moov atom not found") before our one line."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from train.predict import PredictConfig, run
+
+    small = cv2.resize(astronaut, (128, 128))
+    video = _write_video(tmp_path / "clip.avi", [small] * 12)
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:int(len(data) * 0.6)])
+    recs = run(predictor, [str(cut)], PredictConfig())
+    assert 0 < len(recs) < 12 and recs[-1].note.startswith(f"the video ended after {len(recs)} of the 12 frames")
+    assert recs[-1].note in recs[-1].message and not any(r.note for r in recs[:-1])
+    assert not any(r.note for r in run(predictor, [str(video)], PredictConfig()))  # a whole file: no note
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    code = f"from train.video import open_capture\ntry:\n    open_capture({str(junk)!r})\nexcept Exception:\n    pass\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0 and "moov atom" not in r.stderr and r.stderr.strip() == "", r.stderr

@@ -45,6 +45,7 @@ class Record:
     description: tuple[dict, ...] = ()  # per face: {"caption": ..., "vqa": {question: answer}}
     time_s: float | None = None  # video frames: the container's timestamp (CAP_PROP_POS_MSEC)
     true_label: str | None = None  # labelled folders (<root>/<class>/<file>): the folder's class
+    note: str = ""  # what a user should know about the source (a video that ended early); also in `message`
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,8 @@ def predict_video(predictor: EmotionPredictor, source: Source, cfg: PredictConfi
         return [Record(name, "error", str(e))]
     untimed = "no container timestamps: time = frame / fps" if frames[0].timed_by == "fps" else ""
     return [Record(name, "ok" if fr.faces else "no_face",
-                   "; ".join(m for m in ("" if fr.faces else "no face in this frame", untimed) if m),
-                   fr.frame, fr.faces, fr.gradcam, time_s=round(fr.time_s, 4)) for fr in frames]
+                   "; ".join(m for m in ("" if fr.faces else "no face in this frame", untimed, fr.note) if m),
+                   fr.frame, fr.faces, fr.gradcam, time_s=round(fr.time_s, 4), note=fr.note) for fr in frames]
 
 
 def run(predictor: EmotionPredictor, inputs: Sequence[str | int | Path], cfg: PredictConfig,

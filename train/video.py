@@ -8,6 +8,7 @@ module free of a tracker dependency.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class FrameResult:
     track_ids: tuple[int, ...]
     gradcam: tuple[str, ...] = ()  # overlay files written for this frame's faces
     timed_by: str = "container"  # container | fps (the file or camera gave no usable timestamps)
+    note: str = ""  # on the last frame of a file that ended before the frames its container announces
 
 
 def iou(a, b) -> float:
@@ -76,6 +78,10 @@ class Smoother:
 def open_capture(source: str | int | Path):
     import cv2
 
+    # FFmpeg's own log lines ("moov atom not found", "huffman table decode error") would precede
+    # or interleave with our one line; OpenCV reads this when FFmpeg first starts in the process.
+    # Set OPENCV_FFMPEG_LOGLEVEL yourself (e.g. 16, errors) to see them.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     quiet = getattr(getattr(cv2, "utils", None), "logging", None)
     level = quiet.getLogLevel() if quiet else None
     if quiet:  # OpenCV's own "[ WARN ] can't open camera" lines would precede our one line
@@ -128,6 +134,7 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
 
     smoother = Smoother(window)
     cap = open_capture(source)
+    announced = 0 if isinstance(source, int) else int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     fps = fps if fps > 0 else 25.0  # cameras often report 0
     writer = None
@@ -162,7 +169,14 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
             writer.release()
     if not results:
         raise PredictError(f"{source}: opened, but no frame could be read from it (zero frames)")
-    return _with_times(results, stamps)
+    results = _with_times(results, stamps)
+    # a frame short of the count is common (containers estimate it); more is a file cut short
+    if (max_frames is None or len(results) < max_frames) and len(results) < announced - 1:
+        from dataclasses import replace
+
+        results[-1] = replace(results[-1], note=f"the video ended after {len(results)} of the {announced} frames "
+                                                "its container announces (truncated or damaged?)")
+    return results
 
 
 def _with_times(results: list[FrameResult], stamps_ms: list[float]) -> list[FrameResult]:

@@ -111,6 +111,8 @@ def command(
     for r in records:
         if r.status == "error":
             err.print(f"[yellow]skipped[/] {r.source}: {_reason(r)}", highlight=False)
+        elif r.note:
+            typer.echo(f"note: {r.source}: {r.note}", err=True)
     cams = sum(len(r.gradcam) for r in records)
     whole = (f" ({s['whole_image']} central squares: --detector none)" if predictor.detector == "none" else
              f" ({s['whole_image']} face_source=whole_image: no face found, central square classified)"
