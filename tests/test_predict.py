@@ -111,6 +111,10 @@ def test_api_detector_none_and_inputs_of_every_kind(ckpt, inputs, astronaut):
         EmotionPredictor.from_checkpoint(ckpt, detector="retinaface")
     with pytest.raises(PredictError, match="cannot use a dict"):
         p.predict({})
+    with pytest.raises(PredictError, match="a folder; pass its image files"):  # not "no such file"
+        p.predict(inputs / "sub")
+    with pytest.raises(PredictError, match="with pixels"):  # was a ZeroDivisionError
+        p.predict(np.zeros((0, 0), np.uint8))
 
 
 def test_bad_inputs_reported_and_batch_goes_on(predictor, inputs, tmp_path):

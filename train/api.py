@@ -74,11 +74,14 @@ def load_image(src: Any) -> np.ndarray:
     from features.images import BadImage, decode
 
     if isinstance(src, np.ndarray):
-        if src.dtype != np.uint8 or src.ndim not in (2, 3):
-            raise PredictError(f"an image array must be uint8 HxW or HxWx3, got {src.dtype} {src.shape}")
+        if src.dtype != np.uint8 or src.ndim not in (2, 3) or 0 in src.shape[:2]:
+            raise PredictError(f"an image array must be uint8 HxW or HxWx3 with pixels, got {src.dtype} {src.shape}")
         return src[..., :3] if src.ndim == 3 and src.shape[2] == 4 else src
     if isinstance(src, (str, Path)):
         path = Path(src)
+        if path.is_dir():
+            raise PredictError(f"{path}: a folder; pass its image files (or run `train predict {path}`, "
+                               "which reads folders)")
         if not path.is_file():
             raise PredictError(f"{path}: no such file")
         try:
