@@ -53,7 +53,18 @@ def one_line(e: BaseException) -> str:
 
 
 class EdgeGroup(TyperGroup):
-    """A TyperGroup whose `invoke` translates user errors (see the module docstring)."""
+    """A TyperGroup whose `invoke` translates user errors (see the module docstring), and whose
+    help shows no value type beside a flag (typer 0.29 prints `--json <bool>`, which reads as if
+    the flag took a value; `--json true` would then be an input named "true")."""
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _untyped_flags(cmd.get_params(ctx))
+        return cmd
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
 
     def invoke(self, ctx):
         try:
@@ -69,6 +80,14 @@ class EdgeGroup(TyperGroup):
             sub = ctx.invoked_subcommand or ""
             typer.echo(f"{_prog(ctx)}{' ' + sub if sub else ''}: {one_line(e)}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _untyped_flags(params: list) -> list:
+    """An empty metavar on every flag: typer's help then shows no type beside it."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
 
 
 def _is_usage_error(e: BaseException) -> bool:

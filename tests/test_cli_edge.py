@@ -51,3 +51,15 @@ def test_command_errors_name_app_and_command_not_a_bare_error_tag(tmp_path):
 def test_ray_extra_survives_rich_help():
     r = CliRunner().invoke(pipeline_app, ["faces", "--help"], env={"COLUMNS": "300"})
     assert "pip install 'affectlab[ray]'" in r.output
+
+
+@pytest.mark.parametrize("app", [pipeline_app, train_app], ids=["pipeline", "train"])
+def test_no_flag_shows_a_value_type_in_help(app):
+    """typer printed `--json <bool>`: a flag that looked as if it took a value."""
+    import typer
+
+    group = typer.main.get_command(app)
+    names = [None, *group.list_commands(None)]
+    for name in names:
+        r = CliRunner().invoke(app, ([name] if name else []) + ["--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and "<bool>" not in r.output, (name, r.output)
