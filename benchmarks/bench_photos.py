@@ -227,7 +227,8 @@ def threshold_bench(predictor, sets: dict, min_face: int) -> list[dict]:
     try:
         for th, clahe in settings:
             faces.MTCNN_RETRY_THRESHOLDS, faces.MTCNN_CLAHE_PASS = th, clahe
-            row = {"retry_thresholds": None if th is None else list(th), "clahe_pass": clahe is not None and th is not None}
+            row = {"retry_thresholds": None if th is None else list(th),
+                   "clahe_pass": clahe is not None and th is not None}
             for name, (imgs, truth, fallback) in sets.items():
                 found, secs = detect_all(imgs, "mtcnn", min_face)
                 template = faces.FER_TEMPLATE if predictor.crop == "landmarks" else None
@@ -322,7 +323,8 @@ def markdown(res: dict) -> str:
         for r in res["thresholds"]:
             w, c = r["wild_dev"], r.get("canvas")
             th = r["retry_thresholds"]
-            name = "none" if th is None else " / ".join(map(str, th)) + ("" if r.get("clahe_pass", True) else ", no CLAHE pass")
+            name = "none" if th is None else " / ".join(map(str, th))
+            name += "" if r.get("clahe_pass", True) else ", no CLAHE pass"
             lines.append(f"| {name} | {_pct(w['face_found'])} | {_pct(w['accuracy'])} / "
                          f"{_pct(w['uar'])} | {w['ms_detect_per_image']:.1f} | "
                          + (f"{_pct(c['face_found'])} | {_pct(c['accuracy'])} | {c['ms_detect_per_image']:.1f} |"

@@ -41,7 +41,7 @@ class PredictError(ValueError):
 class FacePrediction:
     label: str
     prob: float
-    box: tuple[int, int, int, int]  # x, y, w, h in the source image (the central square with detector "none" or the fallback)
+    box: tuple[int, int, int, int]  # x, y, w, h in the source image (the central square: detector "none", fallback)
     topk: tuple[tuple[str, float], ...]
     face_score: float | None = None  # detector confidence (Haar has none: 1.0), None without a detector
     logits: tuple[float, ...] = field(default=(), repr=False)  # raw, for temporal smoothing and ensembles

@@ -12,7 +12,8 @@ from features.cli_edge import EdgeGroup
 
 app = typer.Typer(
     cls=EdgeGroup,  # one line + exit 2 for every user error (features/cli_edge.py)
-    help="affectlab trainer: train FER models from manifests, evaluate, calibrate and export them, predict on photos, videos and cameras, and serve them.",
+    help="affectlab trainer: train FER models from manifests, evaluate, calibrate and export them, "
+         "predict on photos, videos and cameras, and serve them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

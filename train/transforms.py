@@ -147,9 +147,10 @@ def build_augment(level: str, size: tuple[int, int], group: int = 8):
     """A callable uint8 batch (B, C, H, W) -> augmented uint8 batch, or None for 'none'.
 
     Levels: `light` / `framing` / `strong` are this project's (`framing`: the side 0.88-1.12x the
-    face's and its centre up to a fifth of it off, as a detector's box frames a face); `cmaen`, `miniaffectgpt` and `affectfusion`
-    are the seeds' own training transforms as torchvision v2 lists (sources: the recipes in
-    train/recipes/ and the comments below). Every level flips horizontally with p 0.5.
+    face's and its centre up to a fifth of it off, as a detector's box frames a face); `cmaen`,
+    `miniaffectgpt` and `affectfusion` are the seeds' own training transforms as torchvision v2
+    lists (sources: the recipes in train/recipes/ and the comments below). Every level flips
+    horizontally with p 0.5.
 
     torchvision.transforms.v2 on a batch tensor draws ONE set of random parameters per call
     (the whole batch gets the same crop/rotation). To keep most of the per-sample diversity

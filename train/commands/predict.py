@@ -21,7 +21,8 @@ def command(
     gradcam: Annotated[Path | None, typer.Option("--gradcam", help="Folder for Grad-CAM overlay PNGs.")] = None,
     detector: Annotated[str, typer.Option("--detector", help="auto (mtcnn when facenet-pytorch is "
                                           "installed, else haar) | mtcnn | haar | retinaface (needs its "
-                                          "weights in --weights-dir) | none (inputs are crops: their central square).")] = "auto",
+                                          "weights in --weights-dir) | none (inputs are crops: their "
+                                          "central square).")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option("--weights-dir", help="RetinaFace weights folder.")] = None,
     pad: Annotated[float | None, typer.Option("--pad", help="Margin around a detected face, as a fraction "
                                               "of its size per side: > 0 widens, < 0 (above -0.5) tightens "
