@@ -87,8 +87,9 @@ class FaceStage:
         for i, row in enumerate(rows):
             try:
                 img, _ = decode(row["image"])
-                faces = detect_faces(img, self.backend, self._weights, self.min_size, self.threshold,
-                                     device=self.device)
+                # the score threshold is RetinaFace's; MTCNN keeps its cascade's (as train predict does)
+                faces = detect_faces(img, self.backend, self._weights, self.min_size,
+                                     self.threshold if self.backend == "retinaface" else None, device=self.device)
             except (BadImage, FaceError) as e:
                 rejects.append(_reject(row, f"cannot run the detector: {e}"))
                 continue

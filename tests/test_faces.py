@@ -105,7 +105,10 @@ def test_faces_cli_crops_and_reports_no_face(tmp_path):
     img, _ = decode(row["image"])
     assert img.shape == (96, 96, 3) and row["width"] == 96 and row["pixel_hash"] == pixel_hash(img)
     assert row["face_source_pixel_hash"] == pixel_hash(astronaut()) and row["face_count"] == 1
-    assert json.loads(row["face_model"])["backend"] == "haar"
+    from features.faces import mtcnn_available
+
+    # --backend auto, as train predict's detector: MTCNN when installed, else Haar
+    assert json.loads(row["face_model"])["backend"] == ("mtcnn" if mtcnn_available() else "haar")
     rejects = [json.loads(x) for x in (tmp_path / "faces.rejects.jsonl").read_text().splitlines()]
     assert [(r["source_path"], r["reason"]) for r in rejects] == [("blank.png", "no face found")]
     kept = tmp_path / "kept.parquet"
@@ -256,3 +259,14 @@ def test_mtcnn_third_pass_finds_a_low_contrast_face_on_an_equalised_copy(monkeyp
     # colour input takes the same pass (equalised on its grey image)
     (rgb,) = faces.detect_faces(np.repeat(low[..., None], 3, axis=2), backend="mtcnn")
     assert rgb.box == face.box
+
+
+def test_faces_cli_auto_without_mtcnn_uses_haar_and_says_so(tmp_path, monkeypatch):
+    import features.faces as faces
+
+    monkeypatch.setattr(faces, "mtcnn_available", lambda: False)
+    src = _photo_manifest(tmp_path / "in.parquet")
+    res = CliRunner().invoke(app, ["faces", "--in", str(src), "--out", str(tmp_path / "o.parquet")])
+    assert res.exit_code == 0 and "note: facenet-pytorch is not installed" in res.stderr
+    table, _ = read_manifest(tmp_path / "o.parquet")
+    assert json.loads(table.column("face_model")[0].as_py())["backend"] == "haar"

@@ -14,7 +14,8 @@ from pipeline.commands import options
 def command(
     in_path: Annotated[Path, typer.Option("--in", help="Input manifest (Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Output manifest; with --shard, out.shard-i-of-N.parquet.")],
-    backend: Annotated[str, typer.Option(help="haar (OpenCV, offline default) or retinaface (facexlib).")] = "haar",
+    backend: Annotated[str, typer.Option(help="auto (mtcnn when facenet-pytorch is installed, else haar) | mtcnn | "
+                                         "haar (OpenCV) | retinaface (facexlib; needs --weights-dir).")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option(
         "--weights-dir", help="Folder with detection_Resnet50_Final.pth (retinaface only).")] = None,
     pad: Annotated[float, typer.Option(help="Padding on each side, as a fraction of the face box.")] = 0.25,
@@ -33,6 +34,13 @@ def command(
     from pipeline.stage import StageError
 
     cfg = run_config
+    if backend == "auto":  # as `train predict --detector auto`: MTCNN finds more faces (docs/predict.md)
+        from features.faces import MTCNN_INSTALL, mtcnn_available
+
+        backend = "mtcnn" if mtcnn_available() else "haar"
+        if backend == "haar":
+            typer.echo(f"note: facenet-pytorch is not installed, so faces are found with OpenCV's Haar cascade; "
+                       f"{MTCNN_INSTALL} for the MTCNN detector", err=True)
     try:
         stage = FaceStage(backend=backend, weights_dir=weights_dir, pad=pad, size=size or None, min_size=min_size,
                           threshold=threshold, align=align, no_face=no_face)
