@@ -184,8 +184,8 @@ M ?= manifests/fer_test.parquet
 eval: setup
 	$(BIN)/train eval --checkpoint $(CKPT) --manifest $(M) --tta flip
 
-# stage runner, faces, enhance. `make faces IN=...` crops faces with the offline Haar
-# backend; retinaface needs facexlib (installed without its deps: its metadata asks for
+# stage runner, faces, enhance. `make faces IN=...` crops faces with MTCNN (offline, its weights
+# inside the facenet-pytorch wheel `make setup` installs); retinaface needs facexlib (installed without its deps: its metadata asks for
 # opencv-python, which clashes with opencv-python-headless) and its weights in a local folder.
 .PHONY: faces setup-faces bench-enhance demo-enhance
 faces: setup
