@@ -152,6 +152,12 @@ peers-weights: setup-bench
 bench-peers: peers-weights
 	$(PY) benchmarks/bench_peers.py --data $(SHARED) $(foreach o,$(OURS),--ours $(o))
 
+# wild_dev's photos as a labelled folder (runs/wild_dev/<label>/<sha1>.jpg) for `train predict`;
+# development and reporting only (../shared/data/wild_dev/PROVENANCE.md): never train on it.
+.PHONY: wild-folder
+wild-folder: setup
+	$(PY) benchmarks/wild_folder.py --wild $(WILD) --out runs/wild_dev
+
 # wild_dev photos through `train predict` per face detector and with the whole-image fallback,
 # plus the canvas round trip on FER2013 test faces (docs/predict.md); ~20 min on 2 cores.
 WILD ?= ../shared/data/wild_dev/wild_dev.parquet

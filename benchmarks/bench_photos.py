@@ -39,6 +39,8 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so `benchmarks.wild_folder` imports when run as a script
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -386,9 +388,9 @@ def main(
            "scoring": "largest face per photo; no face = wrong; accuracy over all photos; UAR over 7 classes"}
     if canvas_n:
         res["canvas"] = canvas_bench(predictor_of, fer_test, canvas_n, seed, min_face)
-    t = pq.read_table(wild, columns=["image", "label", "sha1"])
+    t = pq.read_table(wild, columns=["image", "label"])
     t = t.slice(0, limit) if limit else t
-    blobs, truth, sha = (t.column(c).to_pylist() for c in ("image", "label", "sha1"))
+    blobs, truth = (t.column(c).to_pylist() for c in ("image", "label"))
     imgs = [load_image(b) for b in blobs]
     res["margin"] = margin_bench(predictor_of, imgs, truth, min_face)
     sets = {"wild_dev": (imgs, truth, True)}
@@ -396,9 +398,9 @@ def main(
         sets["canvas"] = canvas_set(fer_test, canvas_n, seed)
     res["thresholds"] = threshold_bench(predictor_of("mtcnn"), sets, min_face)
     with tempfile.TemporaryDirectory() as tmp:
-        for b, lab, h in zip(blobs, truth, sha):
-            (Path(tmp) / lab).mkdir(exist_ok=True)
-            (Path(tmp) / lab / f"{h}.jpg").write_bytes(b)
+        from benchmarks.wild_folder import write_folder
+
+        write_folder(wild, Path(tmp), limit)  # the labelled folder `make wild-folder` writes
         # each detector at the margin with the best wild_dev accuracy above (tuned here, on wild_dev)
         best = {det: float(max(res["margin"][f"{det}/{how}"]["pads"].items(), key=lambda kv: kv[1]["accuracy"])[0])
                 for det, how in (("mtcnn", "box"), ("haar", "box"))}  # box: train predict's crop

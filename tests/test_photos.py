@@ -247,3 +247,21 @@ def test_truncated_video_is_noted_and_ffmpeg_logs_stay_quiet(predictor, astronau
     code = f"from train.video import open_capture\ntry:\n    open_capture({str(junk)!r})\nexcept Exception:\n    pass\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0 and "moov atom" not in r.stderr and r.stderr.strip() == "", r.stderr
+
+
+def test_wild_folder_writes_labelled_photos_and_keeps_an_existing_one(astronaut, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.wild_folder import write_folder
+
+    wild = tmp_path / "wild.parquet"
+    blob = encode(astronaut)
+    pq.write_table(pa.table({"image": [blob, blob], "label": ["happy", "sad"], "sha1": ["a1", "b2"]}), wild)
+    out = tmp_path / "folder"
+    assert write_folder(wild, out) == 2
+    assert (out / "happy" / "a1.jpg").read_bytes() == blob and (out / "sad" / "b2.jpg").is_file()
+    with pytest.raises(FileExistsError, match="already holds photos"):
+        write_folder(wild, out)
+    with pytest.raises(FileNotFoundError, match="wild_dev.parquet is in ../shared/data/wild_dev"):
+        write_folder(tmp_path / "none.parquet", tmp_path / "x")
