@@ -446,3 +446,15 @@ def test_out_video_on_photos_is_refused_not_announced(ckpt, inputs, tmp_path):
     assert r.exit_code == 2 and not out.exists()
     assert r.stderr.strip().startswith("train predict: --out-video annotates a video or camera input")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_parquet_table_given_as_a_photo_says_what_reads_it(ckpt, tmp_path):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    table = tmp_path / "wild_dev.parquet"
+    table.write_bytes(b"PAR1 not really")
+    r = CliRunner().invoke(app, ["predict", str(table), "--checkpoint", str(ckpt)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "a Parquet table, not an image" in r.stderr and "make wild-folder" in r.stderr

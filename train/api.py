@@ -91,6 +91,9 @@ def load_image(src: Any) -> np.ndarray:
         try:
             return decode(data)[0]
         except BadImage as e:
+            if path.suffix.lower() == ".parquet":  # a manifest or wild_dev's table, given as a photo
+                raise PredictError(f"{path}: a Parquet table, not an image: a manifest is scored with `train eval "
+                                   "--manifest FILE`; `make wild-folder` writes wild_dev's photos as files") from None
             raise PredictError(f"{path}: not a readable image ({e})") from None
     if isinstance(src, (bytes, bytearray)):
         try:

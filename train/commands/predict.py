@@ -109,9 +109,11 @@ def command(
         typer.echo(to_csv(records), nl=False)
     else:
         _table(records, top_k)
+    from rich.markup import escape
+
     for r in records:
-        if r.status == "error":
-            err.print(f"[yellow]skipped[/] {r.source}: {_reason(r)}", highlight=False)
+        if r.status == "error":  # counted as errors in the summary below
+            err.print(f"[yellow]error[/] {escape(r.source)}: {escape(_reason(r))}", highlight=False)
         elif r.note:
             typer.echo(f"note: {r.source}: {r.note}", err=True)
     cams = sum(len(r.gradcam) for r in records)
@@ -125,8 +127,6 @@ def command(
                 f"TTA {predictor.tta}"
               + (f"; annotated video: {out_video}" if out_video and out_video.is_file() else "")
               + (f"; {cams} Grad-CAM overlays in {gradcam}" if gradcam else ""))
-    from rich.markup import escape
-
     for folder, n in unscored_folders(records, inputs, predictor.class_names).items():
         err.print(f"[yellow]note:[/] {escape(folder)}/ ({_n(n, 'image')}) is not a class of this model "
                   f"({', '.join(predictor.class_names)}): predicted, not scored; rename it to a class to score it",
