@@ -238,3 +238,17 @@ def test_serve_takes_the_retinaface_weights_folder_its_message_names(tmp_path):
                                  "--stop-after", "5"])
     assert r.exit_code == 2, r.output
     assert "--weights-dir" in r.output and "No such option" not in r.output and "Traceback" not in r.output
+
+
+def test_serve_resolves_device_as_predict_does():
+    """`--device auto` works and `--device cuda` without a GPU is one line (serve passed the
+    string to torch as it was)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --device cuda is valid here")
+    r = CliRunner().invoke(app, ["serve", "--device", "cuda", "--stop-after", "5"])
+    assert r.exit_code == 2 and "torch sees no CUDA GPU" in r.output and "Traceback" not in r.output

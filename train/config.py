@@ -92,7 +92,7 @@ class TrainConfig:
     seed: int = option(0)
     out: str = option("runs/train", "Run directory (checkpoints, log.jsonl, log.csv).", path=True)
     resume: bool = option(False, "Continue the run in --out exactly where it stopped.", decls=("--resume",))
-    device: str = option("auto", "auto | cpu | cuda")
+    device: str = option("auto", "auto | cpu | cuda[:N]")
     workers: int = option(2, "Threads that decode the manifest images.")
     # torch intra-op threads; None keeps torch's default (all cores)
     threads: int | None = option(None, "Torch CPU threads (1 is faster on a busy, shared CPU).")

@@ -23,7 +23,7 @@ def command(
                                                      "in `train predict`.")] = None,
     window: Annotated[int, typer.Option("--window", min=1, help="Video: frames whose logits are averaged.")] = 16,
     gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Grad-CAM overlay per face.")] = True,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
     stop_after: Annotated[float | None, typer.Option("--stop-after", min=1,
                                                      help="Stop after this many seconds (a demo or a "
                                                           "test; default: run until Ctrl-C).")] = None,
@@ -44,10 +44,12 @@ def command(
     from train.api import EmotionPredictor, PredictError
     from train.serve import Analyser, serve
 
+    from features.device import DeviceError, resolve_device
+
     try:
-        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=device,
+        predictor = EmotionPredictor.from_checkpoint(checkpoint, detector=detector, device=resolve_device(device),
                                                      weights_dir=weights_dir)
-    except PredictError as e:
+    except (PredictError, DeviceError) as e:
         err.print(f"train serve: {e}")
         raise typer.Exit(2)
     if getattr(predictor, "notice", ""):
