@@ -265,3 +265,18 @@ def test_wild_folder_writes_labelled_photos_and_keeps_an_existing_one(astronaut,
         write_folder(wild, out)
     with pytest.raises(FileNotFoundError, match="wild_dev.parquet is in ../shared/data/wild_dev"):
         write_folder(tmp_path / "none.parquet", tmp_path / "x")
+
+
+def test_video_frames_say_where_their_face_came_from_and_the_table_shows_times(ckpt, predictor, astronaut, tmp_path):
+    """A frame classified whole (no face, fallback) said face_source "detector"; the table had no time."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+    from train.predict import PredictConfig, run
+
+    blank = np.full((96, 96, 3), 90, np.uint8)
+    video = _write_video(tmp_path / "blank.avi", [blank, blank])
+    recs = run(predictor, [str(video)], PredictConfig())
+    assert [r.faces[0].face_source for r in recs] == ["whole_image", "whole_image"]
+    r = CliRunner().invoke(app, ["predict", str(video), "--checkpoint", str(ckpt)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "time (s)" in r.stdout and "(whole image)" in r.stdout

@@ -152,7 +152,7 @@ def predict_stream(predictor: EmotionPredictor, source: str | int | Path, *, win
             smoothed, ids = smoother.update([f.box for f in faces], raw)
             smoothed = np.asarray(smoothed).reshape(len(faces), len(predictor.class_names))
             described = predictor.describe_logits(smoothed, k)
-            preds = tuple(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg)))
+            preds = tuple(FacePrediction(label, prob, f.box, topk, f.score, tuple(map(float, lg)), f.source)
                           for f, lg, (label, prob, topk) in zip(faces, smoothed, described))
             n = len(results)
             cams = on_faces(n, faces, preds) if on_faces is not None and faces else ()

@@ -87,6 +87,8 @@ def command(
                                                      text_encoder=text_encoder, tta=tta, crop=crop)
         if predictor.notice:
             err.print(f"[yellow]note:[/] {predictor.notice}")
+        if no_fallback and predictor.detector == "none":
+            err.print("[yellow]note:[/] --no-fallback does nothing with --detector none (every input is classified)")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
                             describe=describe, caption_model=caption_model, vqa_model=vqa_model,
                             max_frames=max_frames)
@@ -160,14 +162,15 @@ def _table(records, top_k: int) -> None:
     frames = any(r.frame is not None for r in shown)  # still photos need no frame column
     k = max((len(f.topk) for r in shown for f in r.faces), default=top_k)  # a model has <= C classes
     t = Table()
-    cols = ["input", *(["frame"] if frames else []), "face", "box (x,y,w,h)", "label", "prob", f"top-{k}"]
+    cols = ["input", *(["frame", "time (s)"] if frames else []), "face", "box (x,y,w,h)", "label", "prob", f"top-{k}"]
     for col in cols:
         t.add_column(col, overflow="fold")
     for r in shown:
-        frame = ["" if r.frame is None else str(r.frame)] if frames else []
+        frame = (["", ""] if r.frame is None else [str(r.frame), f"{r.time_s:.2f}"]) if frames else []
         if not r.faces:
-            if r.frame is None:
-                t.add_row(r.source, *frame, "", "", "[dim]no face[/]", "", "")
+            if r.frame is None:  # the way out that JSON/CSV's message gives
+                hint = " (drop --no-fallback to classify the central square)" if r.status == "no_face" else ""
+                t.add_row(r.source, *frame, "", "", f"[dim]no face{hint}[/]", "", "")
             continue
         for i, f in enumerate(r.faces):
             # a photo without a detected face is classified whole: the table says so, as JSON/CSV do
