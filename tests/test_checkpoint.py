@@ -75,6 +75,17 @@ def test_missing_sidecar_and_weights_are_clear(tmp_path):
         load_checkpoint(tmp_path / "best.safetensors")
 
 
+def test_corrupt_weights_name_their_file_once(tmp_path):
+    from train.checkpoint import CheckpointError, load_trained, save_checkpoint
+    from train.models.registry import build_model
+
+    weights = save_checkpoint(tmp_path, build_model("vgg", **TINY_VGG), {"labels": {"class_names": list("abcdefg")}})
+    weights.write_bytes(bytes(range(200)))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as e:
+        load_trained(weights)
+    assert str(e.value).count(str(weights)) == 1, str(e.value)
+
+
 def test_resume_is_bit_identical(tmp_path, pair):
     """4 epochs straight == 2 epochs, interrupted (Ctrl-C), then --resume for the rest."""
     from safetensors.torch import load_file

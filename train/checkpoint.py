@@ -193,7 +193,8 @@ def load_trained(path: str | Path | None, device: str = "cpu"):
     try:
         model, sidecar = load_checkpoint(path)
     except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
+        msg = str(e)  # most loaders' messages already start with the file: name it once
+        raise CheckpointError(msg if str(path) in msg else f"cannot load checkpoint {path}: {msg}") from None
     return model.to(device).eval(), sidecar
 
 
