@@ -208,7 +208,7 @@ def test_video_that_cannot_be_opened(predictor, inputs, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 1000)
     recs = run(predictor, [str(tmp_path / "broken.mp4"), str(inputs / "sub")], PredictConfig())
     by = {Path(r.source).name: r for r in recs}
-    assert by["broken.mp4"].status == "error" and "cannot open video" in by["broken.mp4"].message
+    assert by["broken.mp4"].status == "error" and "cannot open it as a video" in by["broken.mp4"].message
     assert by["astronaut.png"].status == "ok"
 
 
@@ -291,7 +291,7 @@ def test_camera_index_is_a_source_and_a_missing_camera_is_reported(predictor, in
     assert sources[2] == Source("image", str(inputs / "sub" / "astronaut.png"))
     recs = run(predictor, ["97", str(inputs / "sub")], PredictConfig(max_frames=2))
     by = {r.source: r for r in recs}
-    assert by["camera:97"].status == "error" and "cannot open camera 97" in by["camera:97"].message
+    assert by["camera:97"].status == "error" and "camera 97: cannot open it" in by["camera:97"].message
     assert by[str(inputs / "sub" / "astronaut.png")].status == "ok"
     # OpenCV's own warnings about the missing camera stay quiet (the record says it), and its
     # log level is given back afterwards

@@ -93,9 +93,9 @@ def open_capture(source: str | int | Path):
             quiet.setLogLevel(level)
     if not cap.isOpened():
         cap.release()
-        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
-        raise PredictError(f"cannot open {what}: OpenCV could not read it (missing, not a video, or "
-                           "a codec this OpenCV build lacks); check the path or camera index")
+        what = f"camera {source}: cannot open it" if isinstance(source, int) else f"{source}: cannot open it as a video"
+        raise PredictError(f"{what}: OpenCV could not read it (missing, not a video, or a codec this OpenCV "
+                           "build lacks); check the path or camera index")
     return cap
 
 
