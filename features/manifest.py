@@ -137,6 +137,29 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+def check_replaceable(path: str | Path, what: str = "--out", inputs: Iterable[str | Path] = ()) -> Path:
+    """`check_writable`, and two refusals (OutputError) for a Parquet output of a stage:
+
+    - `path` is one of `inputs`: the input would be rewritten while it is read, and lost;
+    - `path` exists and is not a Parquet file affectlab wrote (a manifest, a feature file or a
+      shard): a mistyped `--out` must not replace a user's file. Re-running a stage over its own
+      output stays allowed."""
+    path = check_writable(path, what)
+    for src in inputs:
+        if path.exists() and Path(src).exists() and os.path.samefile(path, src):
+            raise OutputError(f"{what} {path} is also the input; write to another file (the input would be "
+                              "lost)")
+    if path.exists():
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except (pa.ArrowInvalid, OSError):
+            meta = {}
+        if not any(k.startswith(b"affectlab.") for k in meta):
+            raise OutputError(f"{what} {path} exists and is not a manifest or feature file affectlab wrote; "
+                              "choose another path, or remove that file first")
+    return path
+
+
 def atomic_write_bytes(path: str | Path, write) -> Path:
     """Call write(tmp_path) then rename onto `path`: readers never see a half-written file.
 

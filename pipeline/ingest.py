@@ -350,10 +350,10 @@ def write_result(result: IngestResult, prefix: str | Path) -> tuple[dict[str, Pa
 def check_outputs(prefix: str | Path, rejects: str | Path | None = None) -> None:
     """Before any image is decoded: every file ingest may write can be written (OutputError
     names the first that cannot), and temp files of a killed earlier ingest are swept."""
-    from features.manifest import check_writable, sweep_stale_tmp
+    from features.manifest import check_replaceable, check_writable, sweep_stale_tmp
 
     for p in split_paths(prefix).values():
-        check_writable(p, "--out")
+        check_replaceable(p, "--out")
     check_writable(Path(rejects or f"{prefix}_rejects.csv"), "--rejects")
     sweep_stale_tmp(Path(prefix).parent)
 

@@ -63,3 +63,27 @@ def test_no_flag_shows_a_value_type_in_help(app):
     for name in names:
         r = CliRunner().invoke(app, ([name] if name else []) + ["--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0 and "<bool>" not in r.output, (name, r.output)
+
+
+def test_a_stage_never_replaces_its_input_or_a_file_affectlab_did_not_write(tmp_path):
+    """`pipeline faces --out /etc/passwd` replaced the file with Parquet, and `pipeline balance
+    --out` equal to `--in` rewrote the training manifest in place: both exit 2, files untouched."""
+    from tests.train_fixtures import write_pair
+
+    train, _ = write_pair(tmp_path, n_train=14, n_val=7)
+    before = train.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's file\n")
+    runner = CliRunner()
+    r = runner.invoke(pipeline_app, ["faces", "--in", str(train), "--out", str(notes), "--backend", "haar"])
+    assert r.exit_code == 2 and "exists and is not a manifest or feature file affectlab wrote" in r.stderr
+    assert notes.read_text() == "a user's file\n" and not (tmp_path / "notes.txt.work").exists()
+    r = runner.invoke(pipeline_app, ["balance", "--in", str(train), "--out", str(train)])
+    assert r.exit_code == 2 and r.stderr.startswith(f"pipeline balance: --out {train} is also the input")
+    assert train.read_bytes() == before
+    r = runner.invoke(pipeline_app, ["merge", str(notes), str(train)])
+    assert r.exit_code == 2 and notes.read_text() == "a user's file\n"
+    # a stage's own earlier output may be replaced (re-running it)
+    out = tmp_path / "bal.parquet"
+    for _ in range(2):
+        assert runner.invoke(pipeline_app, ["balance", "--in", str(train), "--out", str(out)]).exit_code == 0

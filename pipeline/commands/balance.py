@@ -30,7 +30,8 @@ def command(
     """
     from rich.console import Console
 
-    from features.manifest import ManifestError, file_sha256, read_manifest, write_manifest
+    from features.manifest import (ManifestError, OutputError, check_replaceable, file_sha256, read_manifest,
+                                   write_manifest)
     from pipeline.balance import BalanceConfig, BalanceError, balance_manifest, parse_target
 
     console = Console(stderr=True, soft_wrap=True)  # whole lines: error messages stay greppable
@@ -38,6 +39,7 @@ def command(
         cfg = BalanceConfig(method=method, seed=seed, target=parse_target(target), max_dims=max_dims,
                             k_neighbors=k_neighbors, m_neighbors=m_neighbors)
         table, label_set = read_manifest(in_)
+        check_replaceable(out, inputs=[in_, *([features] if features else [])])
         producer = {"command": "pipeline balance", "source": str(in_), "source_sha256": file_sha256(in_, 16),
                     "features": str(features) if features else None,
                     **{k: v for k, v in vars(cfg).items()}}
@@ -47,7 +49,7 @@ def command(
                 result, rep = balance_manifest(table, label_set, cfg, where=str(in_), progress=say)
             else:
                 result, rep = _balance_in_features(table, label_set, cfg, features, in_, say)
-    except (BalanceError, ManifestError, ValueError) as e:
+    except (BalanceError, ManifestError, OutputError, ValueError) as e:
         # ValueError: a feature-file error from features.encoders, or imblearn's own checks.
         # typer.echo, not rich: the message's paths and [brackets] stay as they are
         typer.echo(f"pipeline balance: {e}", err=True)

@@ -27,13 +27,14 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
 
     from features.device import DeviceError, resolve_device
     from features.hub import WeightsNotFound
-    from features.manifest import ManifestError, OutputError, check_writable, open_manifest
+    from features.manifest import ManifestError, OutputError, check_replaceable, open_manifest
     from features.weights import WeightsError
 
     console = Console(stderr=True)
     try:
         open_manifest(in_path)  # a bad input is reported before a progress bar appears
-        check_writable(shard_path(out_path, cfg.shard))  # ... and an unwritable output too
+        # ... and an unwritable output, the input itself, or a file affectlab did not write
+        check_replaceable(shard_path(out_path, cfg.shard), inputs=[in_path])
         resolve_device(cfg.device)
         with Bar(TextColumn(f"[bold]{stage.name}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -17,14 +17,15 @@ def command(
     """Union shard outputs through DuckDB: refuses repeated sample_ids and missing shards; writes atomically."""
     from rich.console import Console
 
-    from features.manifest import ManifestError
+    from features.manifest import ManifestError, OutputError, check_replaceable
     from pipeline.runner import merge_shards
     from pipeline.stage import StageError
 
     console = Console(stderr=True, soft_wrap=True)
     try:
+        check_replaceable(out, inputs=shards)
         res = merge_shards(shards, out, check_in=check)
-    except (StageError, ManifestError) as e:
+    except (StageError, ManifestError, OutputError) as e:
         typer.echo(f"pipeline merge: {e}", err=True)
         raise typer.Exit(2) from None
     console.print(f"merged {res['shards']} shards -> {res['out_path']}: {res['rows_out']} rows, "
