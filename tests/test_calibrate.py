@@ -199,7 +199,13 @@ def test_cli_calibrate_and_its_refusals(setup):
     ]
     for extra, want in cases:
         r = _cli(["calibrate", "-c", str(d / "run"), "--out", str(d / "bad"), *extra])
-        assert r.exit_code == 2 and want in r.output, r.output
+        assert r.exit_code == 2 and want in r.output and "--split" not in r.output, r.output  # calibrate has none
+    # --out on the run being calibrated would replace it with its adjusted copy
+    before = (d / "run" / "best.safetensors").read_bytes()
+    r = _cli(["calibrate", "-c", str(d / "run"), "--val", str(val), "--train-manifest", str(train),
+              "--out", str(d / "run")])
+    assert r.exit_code == 2 and "holds the checkpoint being calibrated" in r.output, r.output
+    assert (d / "run" / "best.safetensors").read_bytes() == before
     r = _cli(["calibrate", "-c", str(d / "cli"), "--val", str(val), "--train-manifest", str(train),
               "--out", str(d / "twice")])
     assert r.exit_code == 2 and "already logit-adjusted" in r.output, r.output

@@ -96,6 +96,10 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
 
     t0 = time.perf_counter()
     model, sidecar = load_trained(checkpoint, cfg.device)
+    source_weights, _ = checkpoint_paths(checkpoint)
+    if (Path(out_dir) / "best.safetensors").resolve() == source_weights.resolve():
+        raise EvalError(f"--out {out_dir} holds the checkpoint being calibrated, which would be replaced by its "
+                        "adjusted copy; write to another folder (e.g. a RUN_la beside it)")
     if sidecar.get("logit_adjustment"):
         raise EvalError(f"{checkpoint} is already logit-adjusted (tau {sidecar['logit_adjustment']['tau']}); "
                         "calibrate the checkpoint it came from instead")
@@ -117,7 +121,7 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
         raise EvalError(str(e)) from None
     mapping = label_mapping(sidecar, vls, names, "none")
     tmapping = label_mapping(sidecar, tls, names, "none")
-    rows = read_rows(val_manifest, "val", mapping)  # never the test rows: tau is a training choice
+    rows = read_rows(val_manifest, "val", mapping, split_option=False)  # never test rows: tau is a training choice
     ecfg = EvalConfig(batch_size=cfg.batch_size, device=cfg.device, plots=False)
     logits = model_logits(model, preprocess_of(sidecar), rows, ecfg, "none", progress=progress)
     prior = class_prior(train_manifest, tmapping.to_model, len(names))
@@ -126,7 +130,6 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
     best = choose_tau(curve, cfg.max_acc_drop)
     bias = -best["tau"] * log_prior
     model.add_logit_bias(torch.as_tensor(bias, dtype=torch.float32))
-    weights, _ = checkpoint_paths(checkpoint)
     block = {
         "method": "logit adjustment (Menon et al. 2021): logits - tau * log(train prior)",
         "tau": best["tau"], "bias": [float(b) for b in bias],
@@ -136,7 +139,7 @@ def calibrate(checkpoint: str | Path, val_manifest: str | Path | None, out_dir: 
         "rule": f"highest val UAR within {cfg.max_acc_drop} points of the unadjusted val accuracy",
         "val_before": {k: curve[0][k] for k in ("acc", "uar", "f1")},
         "val_after": {k: best[k] for k in ("acc", "uar", "f1")},
-        "source": {"path": str(weights), "sha256": file_sha256(weights)},
+        "source": {"path": str(source_weights), "sha256": file_sha256(source_weights)},
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,10 @@ class Rows:
     unit: str = "row"  # "clip" once frames are grouped into clips for a video model
 
 
-def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool = True) -> Rows:
+def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool = True,
+              split_option: bool = True) -> Rows:
+    """The rows of `split` in `path`, mapped to the model's classes. `split_option`: the caller
+    offers --split, so a manifest without such rows may be read at another split instead."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -152,7 +155,8 @@ def read_rows(path: Path, split: str, mapping: LabelMapping, decode_images: bool
     t = t.filter(pc.equal(t.column("split"), split))
     if t.num_rows == 0:
         raise EvalError(f"{path}: no rows with split={split!r} (it holds {present}); pass a manifest "
-                        f"that holds them (e.g. manifests/fer_{split}.parquet) or --split one of {present}")
+                        f"that holds them (e.g. manifests/fer_{split}.parquet)"
+                        + (f" or --split one of {present}" if split_option else ""))
     label_ids = t.column("label_id").to_numpy()
     keep = np.array([mapping.to_model[i] is not None for i in label_ids], dtype=bool)
     dropped = {}
