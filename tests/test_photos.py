@@ -272,11 +272,23 @@ def test_video_frames_say_where_their_face_came_from_and_the_table_shows_times(c
     from typer.testing import CliRunner
 
     from train.cli import app
-    from train.predict import PredictConfig, run
+    from train.predict import WHOLE_IMAGE, PredictConfig, run
 
     blank = np.full((96, 96, 3), 90, np.uint8)
     video = _write_video(tmp_path / "blank.avi", [blank, blank])
     recs = run(predictor, [str(video)], PredictConfig())
     assert [r.faces[0].face_source for r in recs] == ["whole_image", "whole_image"]
+    assert [r.message for r in recs] == [WHOLE_IMAGE] * 2  # as a photo's record says it
+    # the annotated video draws it orange and says so; a detected face stays green
+    from train.api import FacePrediction
+    from train.video import annotate
+
+    whole = FacePrediction("sad", 0.5, (10, 10, 60, 60), (("sad", 0.5),), None, (), "whole_image")
+    found = FacePrediction("sad", 0.5, (10, 10, 60, 60), (("sad", 0.5),), 0.99, (), "detector")
+    assert tuple(annotate(blank, [whole], [1])[40, 10]) == (255, 160, 0)
+    assert tuple(annotate(blank, [found], [1])[40, 10]) == (0, 220, 0)
+    # a Grad-CAM overlay of a central square is named as one
+    cams = run(predictor, [str(video)], PredictConfig(gradcam_dir=tmp_path / "cams"))
+    assert all("_whole_image_" in Path(c).name for r in cams for c in r.gradcam) and cams[0].gradcam
     r = CliRunner().invoke(app, ["predict", str(video), "--checkpoint", str(ckpt)], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "time (s)" in r.stdout and "(whole image)" in r.stdout

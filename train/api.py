@@ -45,7 +45,7 @@ class FacePrediction:
     topk: tuple[tuple[str, float], ...]
     face_score: float | None = None  # detector confidence (Haar has none: 1.0), None without a detector
     logits: tuple[float, ...] = field(default=(), repr=False)  # raw, for temporal smoothing and ensembles
-    face_source: str = "detector"  # detector | whole_image (no face found: the central square was classified)
+    face_source: str = "detector"  # detector | whole_image (the central square: no face found, or detector "none")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def load_image(src: Any) -> np.ndarray:
             return to_array(src)
         except (OSError, ValueError) as e:
             raise PredictError(f"cannot use this PIL image ({e})") from None
-    raise PredictError(f"cannot use a {type(src).__name__} as an image: pass a path, bytes, PIL image "
+    raise PredictError(f"cannot use {type(src).__name__} {src!r:.40} as an image: pass a path, bytes, PIL image "
                        "or uint8 array")
 
 

@@ -48,6 +48,10 @@ class Record:
     note: str = ""  # what a user should know about the source (a video that ended early); also in `message`
 
 
+# the message of a face that is the central square because the detector found none (the fallback)
+WHOLE_IMAGE = "no face found: the central square was classified"
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     top_k: int = 3
@@ -133,8 +137,7 @@ def predict_images(predictor: EmotionPredictor, paths: Sequence[str], cfg: Predi
                 cams = save_gradcams(predictor, faces, preds, overlay_stem(path), cfg.gradcam_dir) \
                     if cfg.gradcam_dir else ()
                 text = tuple(describer(f.crop) for f in faces) if describer else ()
-                msg = "no face found: the central square was classified" if faces[0].source == "whole_image" \
-                    and predictor.detector != "none" else ""
+                msg = WHOLE_IMAGE if faces[0].source == "whole_image" and predictor.detector != "none" else ""
                 out.append(Record(str(path), "ok", msg, None, tuple(preds), cams, text))
             if progress is not None:
                 progress(1)
@@ -165,7 +168,8 @@ def save_gradcams(predictor: EmotionPredictor, faces, preds, stem: str, out_dir:
         except NoCamLayer as e:
             raise PredictError(f"--gradcam: {e}") from None
         tag = f"_f{frame:06d}" if frame is not None else ""
-        path = out_dir / f"{stem}{tag}_face{i}_{p.label}.png"
+        which = "whole_image" if f.source == "whole_image" else f"face{i}"  # as face_source says
+        path = out_dir / f"{stem}{tag}_{which}_{p.label}.png"
         path.write_bytes(encode(overlay(f.crop, cam)))
         written.append(str(path))
     return tuple(written)
@@ -189,8 +193,14 @@ def predict_video(predictor: EmotionPredictor, source: Source, cfg: PredictConfi
     except PredictError as e:
         return [Record(name, "error", str(e))]
     untimed = "no container timestamps: time = frame / fps" if frames[0].timed_by == "fps" else ""
+
+    def found(fr) -> str:
+        if not fr.faces:
+            return "no face in this frame"
+        return WHOLE_IMAGE if fr.faces[0].face_source == "whole_image" and predictor.detector != "none" else ""
+
     return [Record(name, "ok" if fr.faces else "no_face",
-                   "; ".join(m for m in ("" if fr.faces else "no face in this frame", untimed, fr.note) if m),
+                   "; ".join(m for m in (found(fr), untimed, fr.note) if m),
                    fr.frame, fr.faces, fr.gradcam, time_s=round(fr.time_s, 4), note=fr.note) for fr in frames]
 
 
@@ -336,10 +346,11 @@ def to_rows(records: Sequence[Record]) -> list[dict]:
                 "message": r.message, "true_label": r.true_label}
         if not r.faces:
             rows.append(base | {"face": None, "label": None, "prob": None, "box": None, "topk": None,
-                                "face_source": None})
+                                "face_source": None, "face_score": None})
         for i, f in enumerate(r.faces):
             row = base | {"face": i, "label": f.label, "prob": round(f.prob, 4), "box": list(f.box),
-                          "topk": [[lab, round(p, 4)] for lab, p in f.topk], "face_source": f.face_source}
+                          "topk": [[lab, round(p, 4)] for lab, p in f.topk], "face_source": f.face_source,
+                          "face_score": None if f.face_score is None else round(f.face_score, 4)}
             if r.gradcam:
                 row["gradcam"] = r.gradcam[i]
             if r.description:
@@ -361,8 +372,8 @@ def to_json(records: Sequence[Record]) -> str:
 
 def to_csv(records: Sequence[Record]) -> str:
     rows = to_rows(records)
-    cols = ["source", "frame", "time_s", "status", "face", "face_source", "label", "prob", "box", "topk",
-            "message"]
+    cols = ["source", "frame", "time_s", "status", "face", "face_source", "face_score", "label", "prob", "box",
+            "topk", "message"]
     extra = [c for c in ("gradcam", "caption", "vqa") if any(c in r for r in rows)]
     extra += ["true_label"] if any(r["true_label"] for r in rows) else []
     buf = io.StringIO()

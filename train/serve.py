@@ -78,7 +78,8 @@ class Analyser:
         records = [_face_record(name, i, f, label, prob, topk)
                    for i, (f, (label, prob, topk)) in enumerate(zip(faces, described))]
         boxed = annotate(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2),
-                         [_Boxed(tuple(r["box"]), r["label"], r["prob"]) for r in records], range(len(records)))
+                         [_Boxed(tuple(r["box"]), r["label"], r["prob"], r["face_source"]) for r in records],
+                         range(len(records)))
         panels = []
         for r, f, cam in zip(records, faces, cams):
             what = "whole image (no face found)" if r["face_source"] == "whole_image" else f"face #{r['face']}"
@@ -198,6 +199,7 @@ class _Boxed:  # what train.video.annotate reads from a prediction
     box: tuple[int, int, int, int]
     label: str
     prob: float
+    face_source: str = "detector"
 
 
 def _one_line(e: Exception, path: Any = None, name: str = "") -> str:

@@ -93,7 +93,7 @@ def open_capture(source: str | int | Path):
             quiet.setLogLevel(level)
     if not cap.isOpened():
         cap.release()
-        what = f"camera {source}: cannot open it" if isinstance(source, int) else f"{source}: cannot open it as a video"
+        what = f"camera:{source}: cannot open it" if isinstance(source, int) else f"{source}: cannot open it as a video"
         raise PredictError(f"{what}: OpenCV could not read it (missing, not a video, or a codec this OpenCV "
                            "build lacks); check the path or camera index")
     return cap
@@ -106,12 +106,14 @@ def annotate(frame_rgb: np.ndarray, faces, ids) -> np.ndarray:
     img = np.ascontiguousarray(frame_rgb.copy())
     for f, t in zip(faces, ids):
         x, y, w, h = f.box
-        cv2.rectangle(img, (x, y), (x + w, y + h), (0, 220, 0), 2)
-        text = f"#{t} {f.label} {f.prob:.2f}"
+        # a face the detector found is green; the central square classified without one is orange
+        colour = (255, 160, 0) if f.face_source == "whole_image" else (0, 220, 0)
+        cv2.rectangle(img, (x, y), (x + w, y + h), colour, 2)
+        text = f"#{t} {'whole image: ' if f.face_source == 'whole_image' else ''}{f.label} {f.prob:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         top = max(0, y - th - base - 4)
         # a filled label box: text straight on the frame is unreadable over hair or background
-        cv2.rectangle(img, (x, top), (x + tw + 4, top + th + base + 4), (0, 220, 0), -1)
+        cv2.rectangle(img, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
         cv2.putText(img, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                     cv2.LINE_AA)
     return img

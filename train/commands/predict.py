@@ -119,7 +119,7 @@ def command(
         elif r.note:
             typer.echo(f"note: {r.source}: {r.note}", err=True)
     cams = sum(len(r.gradcam) for r in records)
-    whole = (f" ({s['whole_image']} central squares: --detector none)" if predictor.detector == "none" else
+    whole = (f" ({_n(s['whole_image'], 'central square')}: --detector none)" if predictor.detector == "none" else
              f" ({s['whole_image']} face_source=whole_image: no face found, central square classified)"
              if s["whole_image"] else "")
     err.print(f"{_n(s['inputs'], 'input/frame', 'inputs/frames')}, {_n(s['faces'], 'face')}{whole}, "
@@ -128,7 +128,7 @@ def command(
               + f"; model {Path(str(checkpoint or default_checkpoint())).stem}, detector {predictor.detector}, "
                 f"TTA {predictor.tta}"
               + (f"; annotated video: {out_video}" if out_video and out_video.is_file() else "")
-              + (f"; {cams} Grad-CAM overlays in {gradcam}" if gradcam else ""))
+              + (f"; {_n(cams, 'Grad-CAM overlay')} in {gradcam}" if gradcam else ""))
     for folder, n in unscored_folders(records, inputs, predictor.class_names).items():
         err.print(f"[yellow]note:[/] {escape(folder)}/ ({_n(n, 'image')}) is not a class of this model "
                   f"({', '.join(predictor.class_names)}): predicted, not scored; rename it to a class to score it",
@@ -162,7 +162,8 @@ def _table(records, top_k: int) -> None:
     frames = any(r.frame is not None for r in shown)  # still photos need no frame column
     k = max((len(f.topk) for r in shown for f in r.faces), default=top_k)  # a model has <= C classes
     t = Table()
-    cols = ["input", *(["frame", "time (s)"] if frames else []), "face", "box (x,y,w,h)", "label", "prob", f"top-{k}"]
+    cols = ["input", *(["frame", "time (s)"] if frames else []), "face", "box (x,y,w,h)", "face score", "label", "prob",
+            f"top-{k}"]
     for col in cols:
         t.add_column(col, overflow="fold")
     for r in shown:
@@ -170,12 +171,13 @@ def _table(records, top_k: int) -> None:
         if not r.faces:
             if r.frame is None:  # the way out that JSON/CSV's message gives
                 hint = " (drop --no-fallback to classify the central square)" if r.status == "no_face" else ""
-                t.add_row(r.source, *frame, "", "", f"[dim]no face{hint}[/]", "", "")
+                t.add_row(r.source, *frame, "", "", "", f"[dim]no face{hint}[/]", "", "")
             continue
         for i, f in enumerate(r.faces):
             # a photo without a detected face is classified whole: the table says so, as JSON/CSV do
             face = f"{i} (whole image)" if f.face_source == "whole_image" else str(i)
-            t.add_row(r.source, *frame, face, ",".join(map(str, f.box)), f.label, f"{f.prob:.3f}",
+            score = "" if f.face_score is None else f"{f.face_score:.2f}"  # low: maybe not a face
+            t.add_row(r.source, *frame, face, ",".join(map(str, f.box)), score, f.label, f"{f.prob:.3f}",
                       " ".join(f"{lab}:{p:.2f}" for lab, p in f.topk))
     # into a file or a pipe: no 80-column folding of paths and numbers
     Console(width=None if sys.stdout.isatty() else 10_000).print(t)
