@@ -279,6 +279,10 @@ def open_manifest(path: str | Path) -> tuple[pa.Schema, LabelSet]:
                 f"{path}: a feature file from `pipeline embed` (vectors keyed by sample_id), not a manifest; "
                 f"pass the manifest it was made from as the manifest and this file as --image-features or "
                 f"--text-features (`pipeline balance`: --features)")
+        if (path.parent / "PROVENANCE.md").is_file():  # e.g. wild_dev: a collection with rules of its own
+            raise ManifestError(f"{path}: a photo collection with its own rules ({path.parent / 'PROVENANCE.md'}), "
+                                "not a manifest: read them before any use; to score a model on it, `make "
+                                "wild-folder` writes its photos as a labelled folder for `train predict`")
         raise ManifestError(f"{path}: no affectlab schema version in its metadata; {REMEDY}")
     if version.decode() != SCHEMA_VERSION:
         raise ManifestError(

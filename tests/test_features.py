@@ -280,3 +280,14 @@ def test_label_set_json_round_trip_reuses_known_sets():
     assert other is not fer and other.names == ("a", "b")
     unknown = LabelSet.from_json('{"name": "mine", "names": ["happy", "x"]}')
     assert unknown.names == ("happy", "x") and unknown.canonical == ("happy", None)
+
+
+def test_a_collection_with_a_provenance_file_is_not_read_as_a_manifest(tmp_path):
+    """wild_dev.parquet was told to be re-created with `pipeline ingest`: an invitation to ingest
+    (and train on) a predict-only set."""
+    (tmp_path / "PROVENANCE.md").write_text("development and reporting only\n")
+    p = tmp_path / "wild_dev.parquet"
+    pq.write_table(pa.table({"image": [b"x"], "label": ["happy"]}), p)
+    with pytest.raises(manifest.ManifestError, match="a photo collection with its own rules") as e:
+        manifest.open_manifest(p)
+    assert "make wild-folder" in str(e.value) and "pipeline ingest" not in str(e.value)
