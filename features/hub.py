@@ -137,7 +137,7 @@ class WeightFile:
 def catalogue() -> list[WeightFile]:
     """Every pretrained file affectlab can read, in the order `pipeline weights` lists them."""
     wd, tc = str(weights_dir()), str(torch_checkpoints_dir())
-    hf = "on a machine with network: `hf download {}`, then copy the HF cache here"
+    hf = "`hf download {}` on a machine with network, then copy the HF cache here"
     # The BLIP ids are features.blip's CAPTION_MODEL / VQA_MODEL, spelled out because features.blip
     # imports this module (tests/test_caption.py checks they agree).
     out = [

@@ -62,7 +62,7 @@ def command(
             style = {"ok": "green", "present": "green", "MISMATCH": "red"}.get(r["status"], "yellow")
             digest = r["sha256"] or r["expected"] or ""
             t.add_row(escape(f"{r['name']}\n{r['file']}"), f"[{style}]{r['status']}[/]",
-                      escape(r["location"] + ("" if r["present"] else f"\nget it from {r['get']}")),
+                      escape(r["location"] + ("" if r["present"] else f"\nget it: {r['get']}")),
                       escape(r["used_by"]), digest)
         console.print(t)
         n = sum(r["present"] for r in rows)
