@@ -92,3 +92,19 @@ def test_cli_export(tmp_path):
     assert diff < 1e-4
     r = CliRunner().invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_cli_export_names_a_bad_out_before_tracing(tmp_path):
+    """A folder was reported as 'torch.onnx.export failed ... [Errno 21]', an unwritable place as
+    'free space', and `--out v.txt` was written."""
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    _save(tmp_path / "run", "vgg", 1, 32, width=0.125, fc_dim=16, stages=(64, 128))
+    cases = [(tmp_path, f"train export: --out {tmp_path} is a folder"),
+             (tmp_path / "v.txt", f"train export: --out {tmp_path / 'v.txt'}: name the file .onnx")]
+    for out, line in cases:
+        r = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "run"), "--out", str(out)])
+        assert r.exit_code == 2 and r.stderr.startswith(line) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "v.txt").exists()

@@ -18,10 +18,21 @@ def command(
     """Export an image model to ONNX (dynamic batch; class names and preprocessing in its metadata)."""
     from rich.console import Console
 
+    from features.cli_edge import one_line
+    from features.manifest import OutputError, check_writable
     from train.checkpoint import CheckpointError, class_names, load_trained, preprocess_of
     from train.export import ExportError, export_onnx, parity
 
     console = Console(stderr=True, soft_wrap=True)
+    try:
+        check_writable(out)  # a folder or an unwritable place is named before the model is traced
+    except OutputError as e:
+        typer.echo(f"train export: {one_line(e)}", err=True)
+        raise typer.Exit(2) from None
+    if out.suffix.lower() != ".onnx":
+        typer.echo(f"train export: --out {out}: name the file .onnx (an ONNX model, which onnxruntime and "
+                   "other runtimes open by that name)", err=True)
+        raise typer.Exit(2)
     try:
         model, sidecar = load_trained(checkpoint)
         pre = preprocess_of(sidecar)
