@@ -87,3 +87,10 @@ def test_a_stage_never_replaces_its_input_or_a_file_affectlab_did_not_write(tmp_
     out = tmp_path / "bal.parquet"
     for _ in range(2):
         assert runner.invoke(pipeline_app, ["balance", "--in", str(train), "--out", str(out)]).exit_code == 0
+
+
+def test_train_run_help_shows_defaults_and_what_is_required():
+    r = CliRunner().invoke(train_app, ["run", "--help"], env={"COLUMNS": "300"})
+    line = {ln.split()[1]: ln for ln in r.output.splitlines() if ln.startswith("│ --")}
+    assert "[default: (10)]" in line["--epochs"] and "Required" in line["--manifest"]
+    assert "MISSING" not in r.output and "default" not in line["--amp"]

@@ -55,7 +55,8 @@ def _options() -> list[inspect.Parameter]:
         # the option itself defaults to None ("not given"); its help shows the field's own default,
         # and says which ones a run cannot go without
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        shown = not required and f.default not in (None, (), "") and not isinstance(f.default, bool)
+        shown = f.default is not dataclasses.MISSING and f.default not in (None, (), "") \
+            and not isinstance(f.default, bool)
         helps = (opt["help"] or "") + (" Required (or from --recipe / --config)." if required else "")
         info = typer.Option(*opt["decls"], help=helps, show_default=str(f.default) if shown else False)
         if f.name == "resume":
