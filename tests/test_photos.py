@@ -292,3 +292,16 @@ def test_video_frames_say_where_their_face_came_from_and_the_table_shows_times(c
     assert all("_whole_image_" in Path(c).name for r in cams for c in r.gradcam) and cams[0].gradcam
     r = CliRunner().invoke(app, ["predict", str(video), "--checkpoint", str(ckpt)], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "time (s)" in r.stdout and "(whole image)" in r.stdout
+
+
+def test_options_that_do_not_apply_are_noted(ckpt, astronaut, tmp_path):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    photo = tmp_path / "a.png"
+    photo.write_bytes(encode(astronaut))
+    r = CliRunner().invoke(app, ["predict", str(photo), "-c", str(ckpt), "--crop", "landmarks", "--detector", "haar"])
+    assert r.exit_code == 0 and "note: --crop landmarks needs five landmarks" in r.stderr
+    r = CliRunner().invoke(app, ["predict", str(photo), "-c", str(ckpt), "--detector", "none", "--no-fallback"])
+    assert r.exit_code == 0 and "note: --no-fallback does nothing with --detector none" in r.stderr

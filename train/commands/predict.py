@@ -89,6 +89,9 @@ def command(
             err.print(f"[yellow]note:[/] {predictor.notice}")
         if no_fallback and predictor.detector == "none":
             err.print("[yellow]note:[/] --no-fallback does nothing with --detector none (every input is classified)")
+        if crop == "landmarks" and predictor.detector in ("haar", "none"):
+            err.print(f"[yellow]note:[/] --crop landmarks needs five landmarks (mtcnn, retinaface); with --detector "
+                      f"{predictor.detector} faces are cropped as boxes")
         cfg = PredictConfig(top_k=top_k, gradcam_dir=gradcam, window=window, out_video=out_video,
                             describe=describe, caption_model=caption_model, vqa_model=vqa_model,
                             max_frames=max_frames)
