@@ -120,6 +120,9 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputError(21, f"{what} {path} is a folder; give the path of the file to write")
+    blocking = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+    if blocking is not None:  # e.g. a run folder given as the path of an existing file
+        raise OutputError(20, f"{what} {path}: {blocking} is a file, not a folder; choose another path")
     created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -479,8 +479,8 @@ def test_check_writable_names_the_folder_it_cannot_write_in(tmp_path):
     out = tmp_path / "f" / "o.parquet"
     with pytest.raises(OutputError) as e:
         manifest.check_writable(out)
-    assert e.value.errno == errno.EEXIST
-    assert e.value.strerror == f"--out {out}: cannot write in {out.parent} (File exists); choose a writable location"
+    assert e.value.errno == errno.ENOTDIR  # the file in the way is named, not a bare "File exists"
+    assert e.value.strerror == f"--out {out}: {out.parent} is a file, not a folder; choose another path"
 
 
 def test_atomic_write_refuses_a_folder_with_eisdir(tmp_path):

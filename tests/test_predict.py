@@ -424,8 +424,10 @@ def test_unwritable_outputs_are_refused_first_in_one_line_naming_the_option(ckpt
     a_file.write_bytes(b"x")
     blocked = a_file / "sub"  # a folder under a file cannot exist
     cases = [(["--gradcam", str(a_file)], f"train predict: --gradcam {a_file} is a file; pass a folder for the overlays"),
-             (["--gradcam", str(blocked)], f"train predict: --gradcam {blocked / 'overlay.png'}: cannot write in {blocked}"),
-             (["--out-video", str(blocked / "a.mp4")], f"train predict: --out-video {blocked / 'a.mp4'}: cannot write in {blocked}")]
+             (["--gradcam", str(blocked)],
+              f"train predict: --gradcam {blocked / 'overlay.png'}: {a_file} is a file, not a folder"),
+             (["--out-video", str(blocked / "a.mp4")],
+              f"train predict: --out-video {blocked / 'a.mp4'}: {a_file} is a file, not a folder")]
     for extra, line in cases:
         r = CliRunner().invoke(app, ["predict", str(inputs), "--checkpoint", str(ckpt), *extra])
         assert r.exit_code == 2 and r.stderr.strip().startswith(line), r.stderr

@@ -297,6 +297,8 @@ def test_cli_bad_input_is_clear(tmp_path, pair, case):
     assert r.exit_code == 2, r.output
     assert want in r.output, r.output
     assert "Traceback" not in r.output
+    # on a pipe the error is the only line ("loading A and B" stays on terminals)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_cli_models_lists_registry():

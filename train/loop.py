@@ -572,7 +572,8 @@ def prepare_run(cfg: TrainConfig, info, emit: Progress) -> Run:
         emit({"kind": "status", "text": f"distilling from {', '.join(cfg.teacher)}"
                                         + (" (an ensemble teacher: the mean of their logits)"
                                            if len(cfg.teacher) > 1 else "")})
-    emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}"})
+    # transient: the line after it says what was loaded, or the error says why nothing was
+    emit({"kind": "status", "text": f"loading {cfg.manifest} and {val_path}", "transient": True})
     t0 = time.perf_counter()
     load = dict(spec=spec, preset=cfg.preset, text_features=cfg.text_features,
                 image_features=cfg.image_features, workers=cfg.workers, classes=cfg.classes,

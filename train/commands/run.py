@@ -207,7 +207,8 @@ class _Display:
             return
         kind = ev["kind"]
         if kind == "status":
-            self.console.print(ev["text"])
+            if not ev.get("transient") or self.console.is_terminal:  # on a pipe, an error stays one line
+                self.console.print(ev["text"])
         elif kind == "epoch_start":
             if self.task is not None:
                 self.progress.remove_task(self.task)
