@@ -59,7 +59,7 @@ class EdgeGroup(TyperGroup):
 
     def get_command(self, ctx, cmd_name):
         cmd = super().get_command(ctx, cmd_name)
-        if cmd is not None:
+        if cmd is not None and ctx is not None:  # help needs a context; a lookup without one does not
             _untyped_flags(cmd.get_params(ctx))
         return cmd
 

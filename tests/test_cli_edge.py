@@ -94,3 +94,20 @@ def test_train_run_help_shows_defaults_and_what_is_required():
     line = {ln.split()[1]: ln for ln in r.output.splitlines() if ln.startswith("│ --")}
     assert "[default: (10)]" in line["--epochs"] and "Required" in line["--manifest"]
     assert "MISSING" not in r.output and "default" not in line["--amp"]
+
+
+@pytest.mark.parametrize("app", [pipeline_app, train_app], ids=["pipeline", "train"])
+def test_every_device_option_defaults_to_auto(app):
+    """predict, eval, calibrate and serve defaulted to cpu while run and the stages chose auto."""
+    import dataclasses
+
+    import typer
+
+    from train.config import TrainConfig
+
+    run_default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["device"]
+    group = typer.main.get_command(app)
+    for name in group.list_commands(None):
+        for p in group.get_command(None, name).params:
+            if "--device" in getattr(p, "opts", ()):  # train run's options default to "not given"
+                assert (run_default if p.default is None else p.default) == "auto", (name, p.default)

@@ -22,7 +22,8 @@ def command(
     tau_max: Annotated[float, typer.Option("--tau-max")] = 1.5,
     tau_step: Annotated[float, typer.Option("--tau-step")] = 0.05,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one) | cpu | "
+                                        "cuda[:N]")] = "auto",
 ) -> None:
     """Logit adjustment (logits - tau * log prior) with tau chosen on validation rows: more
     recall on rare classes (UAR) for a bounded loss of accuracy. The test split is not read."""

@@ -23,7 +23,8 @@ def command(
                                            "through the shared emotions; none: refuse a mismatch.")] = "auto",
     split: Annotated[str, typer.Option("--split", help="Which split's rows to score.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one) | cpu | "
+                                        "cuda[:N]")] = "auto",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
     image_features: Annotated[Path | None, typer.Option("--image-features", help="Feature file for "
                                                         "models that take embeddings.")] = None,

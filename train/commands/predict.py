@@ -43,7 +43,8 @@ def command(
                                            "per face (needs their weights locally).")] = False,
     caption_model: Annotated[str, typer.Option("--caption-model", help="BLIP caption id or folder.")] = CAPTION_MODEL,
     vqa_model: Annotated[str, typer.Option("--vqa-model", help="BLIP-VQA id or folder.")] = VQA_MODEL,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one) | cpu | "
+                                        "cuda[:N]")] = "auto",
     caption: Annotated[str | None, typer.Option("--caption", help="Caption-fusing models (miniaffectgpt): "
                                                 "this caption for every face (default: BLIP captions each face).")] = None,
     text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="distilbert | minilm: embeds the "

@@ -23,7 +23,8 @@ def command(
                                                      "in `train predict`.")] = None,
     window: Annotated[int, typer.Option("--window", min=1, help="Video: frames whose logits are averaged.")] = 16,
     gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Grad-CAM overlay per face.")] = True,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when torch sees one) | cpu | "
+                                        "cuda[:N]")] = "auto",
     stop_after: Annotated[float | None, typer.Option("--stop-after", min=1,
                                                      help="Stop after this many seconds (a demo or a "
                                                           "test; default: run until Ctrl-C).")] = None,
