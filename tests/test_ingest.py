@@ -500,6 +500,9 @@ def test_cli_ingest_and_stats(tmp_path):
     res = runner.invoke(app, ["ingest", str(root), "--layout", "imagefolder", "--dataset", "synth", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "rejected 1 image" in res.output and "videos" in res.output
+    # the note's command is one line, copyable (it was wrapped at 160 columns mid-command)
+    note = next(ln for ln in res.output.splitlines() if ln.startswith("note: skipped videos/"))
+    assert f"`pipeline ingest {root / 'videos'} --layout imagefolder`" in note
     assert (tmp_path / "manifests" / "demo_rejects.csv").read_text().count("broken.png") == 1
     paths = [str(out) + f"_{s}.parquet" for s in ("train", "val", "test")]
     assert all(Path(p).exists() for p in paths)

@@ -60,8 +60,8 @@ def command(
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    for note in result.notes:  # whole lines: a command in a note must stay copyable
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     report = rejects or (Path(f"{out}_rejects.csv") if result.rejects else None)
     if report is not None:
         write_rejects(result.rejects, report)
