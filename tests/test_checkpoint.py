@@ -112,6 +112,24 @@ def test_resume_is_bit_identical(tmp_path, pair):
     assert [r["train_loss"] for r in full["history"]] == [r["train_loss"] for r in resumed["history"]]
 
 
+def test_resume_refuses_other_options_and_allows_more_epochs(tmp_path, pair):
+    """A resume with another learning rate went on with the old schedule and recorded the new
+    one; with another --model-opt it died in load_state_dict with a traceback."""
+    import dataclasses
+
+    from train.loop import TrainError, fit
+
+    cfg = _cfg(pair, tmp_path / "r", epochs=1, max_steps=1)
+    fit(cfg)
+    with pytest.raises(TrainError, match=r"started with lr=0.003; this command asks lr=0.5") as e:
+        fit(dataclasses.replace(cfg, lr=0.5, resume=True))
+    assert "only device, epochs, out, tensorboard, threads, workers may change" in str(e.value)
+    other = dict(cfg.model_options, width=0.5)
+    with pytest.raises(TrainError, match="model_options="):
+        fit(dataclasses.replace(cfg, model_options=other, resume=True))
+    assert fit(dataclasses.replace(cfg, epochs=2, resume=True))["epochs_run"] == 2  # longer: allowed
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path, pair):
     from train.checkpoint import CheckpointError
     from train.loop import TrainError, fit

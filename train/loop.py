@@ -664,7 +664,7 @@ def start_optimisation(cfg: TrainConfig, run: Run, emit: Progress) -> tuple[Opti
     from train.checkpoint import load_resume, restore_resume
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": None, "bad_epochs": 0, "history": [],
-             "class_names": list(run.class_names), "config": {"model": cfg.model}}
+             "class_names": list(run.class_names), "config": cfg.to_dict()}
     blob = load_resume(run.run_dir) if cfg.resume else None
     if blob is not None:
         _check_resume(blob, cfg, run.class_names)
@@ -793,3 +793,25 @@ def _check_resume(blob: dict, cfg: TrainConfig, class_names: tuple[str, ...]) ->
                          f"gives {list(class_names)}; resume with the same manifest and --preset")
     if saved.get("model") not in (None, cfg.model):
         raise TrainError(f"--resume: the run trained model {saved.get('model')!r}, not {cfg.model!r}")
+    # a resumed run is the same run: only how long and where it runs may change (runs saved
+    # before the whole config was kept compare the fields they have)
+    now = cfg.to_dict()
+    changed = [k for k in saved if k not in RESUME_MAY_CHANGE and k in now and _same(saved[k]) != _same(now[k])]
+    if changed:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
+        asked = ", ".join(f"{k}={now[k]!r}" for k in changed)
+        raise TrainError(f"--resume: the run was started with {was}; this command asks {asked}. Resume with "
+                         f"the run's own options (only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may "
+                         "change) or train into another --out")
+
+
+# what a resume may change: how long, where (a copied run folder) and on what hardware the run goes
+# on, never what it learns from
+RESUME_MAY_CHANGE = frozenset({"epochs", "resume", "out", "device", "workers", "threads", "tensorboard"})
+
+
+def _same(v):
+    """Tuples and lists compare alike (a saved state may hold either)."""
+    if isinstance(v, dict):
+        return {k: _same(x) for k, x in v.items()}
+    return [_same(x) for x in v] if isinstance(v, (list, tuple)) else v
