@@ -251,7 +251,8 @@ def test_cli_amp_bf16_on_cpu(tmp_path, pair, monkeypatch):
         assert side["train_config"]["amp"] is (flag == "--amp") and side["train_config"]["amp_dtype"] == "bf16"
 
 
-@pytest.mark.parametrize("case", ["schema", "test_split", "unknown_model", "no_val", "bad_option",
+@pytest.mark.parametrize("case", ["schema", "test_split", "unknown_model", "no_val", "bad_option", "bad_value",
+                                  "bad_list", "bad_range",
                                   "features_uncovered", "needs_text", "classes", "bad_choice"])
 def test_cli_bad_input_is_clear(tmp_path, pair, case):
     import pyarrow as pa
@@ -265,6 +266,9 @@ def test_cli_bad_input_is_clear(tmp_path, pair, case):
         "unknown_model": "known models:",
         "no_val": "no validation manifest",
         "bad_option": "has no option",
+        "bad_value": "width='abc': a number is wanted",  # these three were tracebacks
+        "bad_list": "stages='[16,48': a list is wanted",
+        "bad_range": "dropout probability has to be between 0 and 1",
         "features_uncovered": "lacks 3 of the 35 rows asked for",
         "needs_text": "--text-features",
         "classes": "does not match",
@@ -283,6 +287,12 @@ def test_cli_bad_input_is_clear(tmp_path, pair, case):
         args[2] = str(write_synth(tmp_path / "lonely_train.parquet", 7, "train"))
     elif case == "bad_option":
         args += ["--model-opt", "wings=3"]
+    elif case == "bad_value":
+        args += ["--model-opt", "width=abc"]
+    elif case == "bad_list":
+        args += ["--model-opt", "stages=[16,48"]
+    elif case == "bad_range":
+        args += ["--model-opt", "dropout=2"]
     elif case == "features_uncovered":
         f = write_features(tmp_path / "f.parquet", pair[0], 16, drop=3)
         args[4] = "clip-adapter"

@@ -538,7 +538,12 @@ def _build_model(cfg: TrainConfig, ls, class_names):
     opts["num_classes"] = len(class_names)
     if cfg.frames is not None:
         opts["frames"] = cfg.frames
-    model = build_model(cfg.model, **opts)
+    try:
+        model = build_model(cfg.model, **opts)
+    except (TypeError, ValueError) as e:
+        if not cfg.model_options:  # nothing the user gave: a bug, with its traceback
+            raise
+        raise DataError(f"--model-opt: {cfg.model} cannot be built with {dict(cfg.model_options)}: {e}") from None
     if cfg.init is not None:
         init_from(model, cfg.init)
     return model

@@ -170,5 +170,11 @@ def _coerce(cfg_cls: type, kwargs: dict) -> dict:
         origin = typing.get_origin(hint)
         if isinstance(v, list) and (origin is tuple or hint is tuple):
             v = tuple(v)
-        out[k] = v
+        # a value of the wrong kind fails here, named, not deep inside the model's constructor
+        if (origin is tuple or hint is tuple) and not isinstance(v, tuple):
+            raise ValueError(f"{k}={v!r}: a list is wanted, e.g. {k}=[16,48,96,192] (JSON)")
+        if hint in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                     or (hint is int and isinstance(v, float) and not v.is_integer())):
+            raise ValueError(f"{k}={v!r}: {'a whole number' if hint is int else 'a number'} is wanted")
+        out[k] = int(v) if hint is int else v
     return out
