@@ -108,3 +108,11 @@ def test_cli_export_names_a_bad_out_before_tracing(tmp_path):
         r = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "run"), "--out", str(out)])
         assert r.exit_code == 2 and r.stderr.startswith(line) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "v.txt").exists()
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("a user's file")
+    r = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "run"), "--out", str(mine)])
+    assert r.exit_code == 2 and "exists and is not a model affectlab exported" in r.stderr
+    assert mine.read_text() == "a user's file"
+    for _ in range(2):  # its own earlier export is replaced
+        r = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")])
+        assert r.exit_code == 0, r.stderr

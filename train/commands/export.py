@@ -33,6 +33,10 @@ def command(
         typer.echo(f"train export: --out {out}: name the file .onnx (an ONNX model, which onnxruntime and "
                    "other runtimes open by that name)", err=True)
         raise typer.Exit(2)
+    if out.is_file() and not _ours(out):  # an earlier export may be replaced; nothing else
+        typer.echo(f"train export: --out {out} exists and is not a model affectlab exported; choose another "
+                   "path, or remove that file first", err=True)
+        raise typer.Exit(2)
     try:
         model, sidecar = load_trained(checkpoint)
         pre = preprocess_of(sidecar)
@@ -51,3 +55,13 @@ def command(
             console.print(f"train export: {msg}: above 1e-4, the export is not faithful")
             raise typer.Exit(1)
     console.print(msg)
+
+
+def _ours(path: Path) -> bool:
+    """True for an ONNX file `train export` wrote (its metadata names the classes)."""
+    from train.export import onnx_metadata
+
+    try:
+        return "affectlab.class_names" in onnx_metadata(path)
+    except Exception:  # noqa: BLE001 - onnx raises several kinds on a file that is not ONNX
+        return False
