@@ -283,7 +283,7 @@ def _check_shard_set(paths: Sequence[Path]) -> None:
     for n, got in seen.items():
         missing = sorted(set(range(n)) - got)
         if missing:
-            raise StageError(f"merge: shards {missing} of {n} are missing; run them with --shard i/{n} first")
+            raise StageError(f"shards {missing} of {n} are missing; run them with --shard i/{n} first")
 
 
 def merge_shards(
@@ -298,16 +298,16 @@ def merge_shards(
 
     paths = [Path(p) for p in paths]
     if not paths:
-        raise StageError("merge: no shard files given")
+        raise StageError("no shard files given")
     _check_shard_set(paths)
     tables, label_set, producers = [], None, []
     for p in paths:
         t, ls = _read_any(p)
         if tables and is_manifest(t) != is_manifest(tables[0]):
-            raise StageError(f"merge: {p} is a {'manifest' if is_manifest(t) else 'feature file'}, "
+            raise StageError(f"{p} is a {'manifest' if is_manifest(t) else 'feature file'}, "
                              f"{paths[0]} is not; merge shards of one stage run only")
         if ls is not None and label_set is not None and ls != label_set:
-            raise StageError(f"merge: {p} uses label set {ls.name!r}, {paths[0]} uses {label_set.name!r}")
+            raise StageError(f"{p} uses label set {ls.name!r}, {paths[0]} uses {label_set.name!r}")
         label_set = label_set or ls
         tables.append(t)
         producers.append(json.loads((pq.read_schema(p).metadata or {}).get(META_PRODUCER, b"{}")))
@@ -318,8 +318,8 @@ def merge_shards(
     dups = con.execute("SELECT sample_id, count(*) AS n FROM merged GROUP BY sample_id HAVING n > 1 "
                    "ORDER BY sample_id LIMIT 5").fetchall()
     if dups:
-        raise StageError(f"merge: sample_ids repeated across shards, e.g. {[d[0] for d in dups]}; "
-                         "were two shard files made with different --shard N?")
+        raise StageError(f"sample_ids repeated across shards, e.g. {[d[0] for d in dups]}; "
+                         "was one shard given twice, or were two made with different --shard N?")
     rejects = []
     for p in paths:
         rp = _rejects_path(p)

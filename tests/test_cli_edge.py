@@ -111,3 +111,26 @@ def test_every_device_option_defaults_to_auto(app):
         for p in group.get_command(None, name).params:
             if "--device" in getattr(p, "opts", ()):  # train run's options default to "not given"
                 assert (run_default if p.default is None else p.default) == "auto", (name, p.default)
+
+
+def test_stage_errors_are_one_clean_line(tmp_path):
+    """A failing stage left a blank line (its bar) above the error on a pipe, an OSError showed
+    '[Errno 21]', merge said 'pipeline merge: merge:', and faces' list of backends left out auto."""
+    from tests.train_fixtures import write_pair
+
+    train, _ = write_pair(tmp_path, n_train=14, n_val=7)
+    runner = CliRunner()
+    r = runner.invoke(pipeline_app, ["enhance", "--in", str(train), "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert r.stderr == f"pipeline enhance: --out {tmp_path} is a folder; give the path of the file to write\n"
+    r = runner.invoke(pipeline_app, ["merge", str(tmp_path / "m.parquet"), str(train), str(train)])
+    assert r.exit_code == 2 and r.stderr.startswith("pipeline merge: sample_ids repeated")
+    assert "one shard given twice" in r.stderr
+    r = runner.invoke(pipeline_app, ["faces", "--in", str(train), "--out", str(tmp_path / "f.parquet"),
+                                     "--backend", "dlib"])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "pipeline faces: --backend 'dlib': expected one of auto, mtcnn, haar, retinaface"
+    r = runner.invoke(pipeline_app, ["caption", "--in", str(train), "--out", str(tmp_path / "c.parquet"),
+                                     "--model", str(tmp_path / "no-blip")])
+    assert r.exit_code == 2 and r.stderr.startswith("pipeline caption: "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

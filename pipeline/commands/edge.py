@@ -25,6 +25,7 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
     from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from features.cli_edge import one_line
     from features.device import DeviceError, resolve_device
     from features.hub import WeightsNotFound
     from features.manifest import ManifestError, OutputError, check_replaceable, open_manifest
@@ -38,7 +39,7 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
         resolve_device(cfg.device)
         with Bar(TextColumn(f"[bold]{stage.name}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                 console=console, transient=False) as bar:
+                 console=console, transient=False, disable=not console.is_terminal) as bar:
             task = bar.add_task(stage.name, total=None, rate="")
             t0 = time.perf_counter()
 
@@ -53,7 +54,7 @@ def cli_run(stage: Stage, in_path: str | Path, out_path: str | Path, cfg: RunCon
                 raise
     except (ManifestError, StageError, WeightsNotFound, DeviceError, WeightsError, OutputError) as e:
         # typer.echo, not rich: a path in the message must not be wrapped across lines
-        typer.echo(f"pipeline {stage.name}: {e}", err=True)
+        typer.echo(f"pipeline {stage.name}: {one_line(e)}", err=True)
         raise typer.Exit(2) from None
     table = Table(title=f"pipeline {stage.name}", show_header=False)
     for k in ("rows_in", "rows_out", "rejected", "reused", "batches", "computed_rows", "remote_rows", "seconds",

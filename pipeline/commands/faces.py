@@ -34,6 +34,11 @@ def command(
     from pipeline.stage import StageError
 
     cfg = run_config
+    from features.faces import BACKENDS
+
+    if backend not in ("auto", *BACKENDS):
+        typer.echo(f"pipeline faces: --backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}", err=True)
+        raise typer.Exit(2)
     if backend == "auto":  # as `train predict --detector auto`: MTCNN finds more faces (docs/predict.md)
         from features.faces import MTCNN_INSTALL, mtcnn_available
 
