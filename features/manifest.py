@@ -98,11 +98,16 @@ def sweep_stale_tmp(directory: str | Path, name: str | None = None) -> list[Path
 def _tmp_for(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    # mkstemp makes the file 0600; a manifest should get the usual permissions (umask applies)
+    _usual_mode(tmp)
+    return tmp
+
+
+def _usual_mode(path: str) -> None:
+    """mkstemp makes a file 0600, and so do writers that create their own (safetensors): an output
+    gets the usual permissions, the umask applied, so a collaborator can read the weights too."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return tmp
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _output_error(path: Path, e: OSError) -> OutputError:
@@ -189,6 +194,7 @@ def atomic_write_many(items: list[tuple[str | Path, Any]]) -> list[Path]:
             tmp = _tmp_for(path)
             done.append((tmp, path))
             write(tmp)
+            _usual_mode(tmp)  # the writer may have made the file anew, 0600
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         for tmp, path in done:

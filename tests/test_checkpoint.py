@@ -43,6 +43,8 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(loaded(x), model(x))
     # plain tensors on disk: readable without any code
     assert set(load_file(str(weights))) == set(model.state_dict())
+    # and readable as the sidecar is (safetensors made its file 0600, the sidecar was 0644)
+    assert weights.stat().st_mode & 0o777 == (tmp_path / "best.json").stat().st_mode & 0o777
 
 
 def test_saved_config_is_the_models_config(tmp_path):
