@@ -398,3 +398,21 @@ def test_run_options_are_the_config_fields():
     assert {"--config", "--no-amp", "--no-tensorboard", "--manifest", "--epochs", "--model-opt", "--resume",
             "--select-metric", "--eval-resize"} <= flags
     assert not {"--momentum", "--focal-gamma", "--augment-group", "--recipe-sha256", "--model-options"} & flags
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, pair, monkeypatch):
+    import train.loop
+
+    args = ["run", "--manifest", str(pair[0]), "--model", "vgg", "--out", str(tmp_path / "r"), "--epochs", "1",
+            "--max-steps", "1", "--device", "cpu"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.loop, "fit", interrupted)
+    r = _cli(args)
+    assert r.exit_code == 130 and "interrupted; no epoch had finished" in r.stderr
+    (tmp_path / "r").mkdir()  # the empty run folder of the first try was cleaned up
+    (tmp_path / "r" / "resume.pt").write_bytes(b"")  # as after a finished epoch
+    r = _cli(args)
+    assert r.exit_code == 130 and "run the same command with --resume to go on" in r.stderr

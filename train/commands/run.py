@@ -131,6 +131,14 @@ def _run(cfg, err):
             raise
         err.print(f"[red]train run:[/red] {e}")
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: say what survived and how to go on
+        from train.checkpoint import RESUME_FILE
+
+        saved = (Path(cfg.out) / RESUME_FILE).exists()
+        typer.echo(f"train run: interrupted; " + (
+            f"the last finished epoch is saved in {cfg.out}: run the same command with --resume to go on"
+            if saved else "no epoch had finished, so there is nothing to resume"), err=True)
+        raise typer.Exit(130) from None
 
 
 class _run_lock:
