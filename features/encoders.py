@@ -446,8 +446,9 @@ def read_features(path: str | Path, sample_ids: Sequence[str], column: str = "ve
         ids = [sample_ids[i] for i in np.flatnonzero(missing.to_numpy(zero_copy_only=False))[:3]]
         raise FeatureFileError(
             f"{path} lacks {n_missing} of the {len(sample_ids)} rows asked for (e.g. {ids}); it was made "
-            f"from {meta.get('source_manifest')!r}. Run `pipeline embed --in MANIFEST --out {path} "
-            f"--encoder {meta.get('encoder')}` on the manifest you are using.")
+            f"from {meta.get('source_manifest')!r}. Pass the feature file made from the manifest you are using, or "
+            f"make one: `pipeline embed --in MANIFEST --out NEW_FILE.parquet --encoder {meta.get('encoder')}` "
+            f"(a new file: this one serves its own manifest)")
     return _to_numpy(got.column("v").combine_chunks(), column)
 
 

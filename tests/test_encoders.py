@@ -159,7 +159,7 @@ def test_float16_files_keep_vectors_to_half_precision(tmp_path):
 
 def test_read_features_errors(tmp_path):
     path, ids, _ = _write(tmp_path)
-    with pytest.raises(encoders.FeatureFileError, match=r"lacks 2 of the 3 rows.*pipeline embed"):
+    with pytest.raises(encoders.FeatureFileError, match=r"lacks 2 of the 3 rows.*--out NEW_FILE.parquet.*a new file: this one serves its own manifest"):
         encoders.read_features(path, [ids[0], "other-1", "other-2"])
     with pytest.raises(encoders.FeatureFileError, match="holds no token sequences"):
         encoders.read_features(path, ids, column="tokens")
