@@ -117,6 +117,15 @@ def mtcnn_available() -> bool:
     return importlib.util.find_spec("facenet_pytorch") is not None
 
 
+def auto_backend() -> tuple[str, str]:
+    """What the `auto` detector of `train predict` and `pipeline faces` is here: ("mtcnn", "") when
+    facenet-pytorch is installed, else ("haar", a one-line notice saying how to get MTCNN)."""
+    if mtcnn_available():
+        return "mtcnn", ""
+    return "haar", (f"facenet-pytorch is not installed, so faces are found with OpenCV's Haar cascade (fewer "
+                    f"faces found); {MTCNN_INSTALL} for the MTCNN detector")
+
+
 @lru_cache(maxsize=2)
 def load_mtcnn(device: str = "cpu"):
     """(pnet, rnet, onet) from facenet-pytorch's wheel, read with torch.load(weights_only=True).

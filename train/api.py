@@ -164,12 +164,9 @@ class EmotionPredictor:
             raise PredictError(f"detector {detector!r} unknown; use one of {', '.join(DETECTORS)}")
         self.notice = ""
         if detector == "auto":
-            from features.faces import MTCNN_INSTALL, mtcnn_available
+            from features.faces import auto_backend
 
-            detector = "mtcnn" if mtcnn_available() else "haar"
-            if detector == "haar":
-                self.notice = (f"facenet-pytorch is not installed, so faces are found with OpenCV's Haar "
-                               f"cascade (fewer faces found); {MTCNN_INSTALL} for the MTCNN detector")
+            detector, self.notice = auto_backend()
         if detector == "mtcnn":  # fail once here (package missing, weights corrupt), not once per image
             from features.faces import FaceError, load_mtcnn
 

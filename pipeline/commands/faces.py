@@ -40,12 +40,11 @@ def command(
         typer.echo(f"pipeline faces: --backend {backend!r}: expected one of auto, {', '.join(BACKENDS)}", err=True)
         raise typer.Exit(2)
     if backend == "auto":  # as `train predict --detector auto`: MTCNN finds more faces (docs/predict.md)
-        from features.faces import MTCNN_INSTALL, mtcnn_available
+        from features.faces import auto_backend
 
-        backend = "mtcnn" if mtcnn_available() else "haar"
-        if backend == "haar":
-            typer.echo(f"note: facenet-pytorch is not installed, so faces are found with OpenCV's Haar cascade; "
-                       f"{MTCNN_INSTALL} for the MTCNN detector", err=True)
+        backend, notice = auto_backend()
+        if notice:
+            typer.echo(f"note: {notice}", err=True)
     try:
         stage = FaceStage(backend=backend, weights_dir=weights_dir, pad=pad, size=size or None, min_size=min_size,
                           threshold=threshold, align=align, no_face=no_face)

@@ -126,11 +126,6 @@ def _run(cfg, err):
             WeightsNotFound) as e:
         err.print(f"[red]train run:[/red] {e}")
         raise typer.Exit(2) from None
-    except TypeError as e:  # the registry's "model X has no option(s) ..." message
-        if "has no option" not in str(e):
-            raise
-        err.print(f"[red]train run:[/red] {e}")
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: say what survived and how to go on
         from train.checkpoint import RESUME_FILE
 
